@@ -1,0 +1,152 @@
+"""Compile one model for several profiles: validate once, build each profile in the worker,
+verify, package, sign. One profile failing never stops the others."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from ._build import BuildRequest
+from .exceptions import EdgeforgeError
+from .packaging import artifact_name, package, sha256_file
+from .profiles import ProfileRegistry, load_profiles
+from .signing import Signer
+from .spec import CompileSpec
+from .toolchain import require_cc
+from .validation import DEFAULT_MAX_MODEL_BYTES, ValidatedModel, validate_model
+from .verify import verify_library
+from .worker import CompileWorker
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CompileReport", "ProfileResult", "compile_model"]
+
+#: progress(profile, stage) with stage in validate/import/compile/export/verify/sign/done/failed
+Progress = Callable[[str, str], None]
+
+
+class ProfileResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    profile: str
+    status: Literal["ok", "failed"]
+    artifact: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    verified: bool = False
+    verification: dict[str, object] | None = None
+    timings: dict[str, float] = {}
+    error_code: str | None = None
+    error: str | None = None
+
+
+class CompileReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str
+    model_version: str
+    source_sha256: str
+    results: list[ProfileResult]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status == "ok" for r in self.results)
+
+
+def compile_model(
+    data: bytes,
+    spec: CompileSpec,
+    signer: Signer,
+    out_dir: Path,
+    *,
+    registry: ProfileRegistry | None = None,
+    worker: CompileWorker | None = None,
+    progress: Progress | None = None,
+    max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+) -> CompileReport:
+    """Validate ``data`` (raises a :class:`~compiler.exceptions.ModelError` for a bad model),
+    then build, verify, package and sign one artifact per profile into ``out_dir``."""
+    registry = registry or load_profiles()
+    profiles = [registry.get(name) for name in spec.profiles]  # unknown names fail first
+    say = progress or (lambda profile, stage: None)
+    validated = validate_model(data, spec.input_shapes, max_bytes=max_model_bytes)
+    own_worker = worker is None
+    worker = worker or CompileWorker()
+    results = []
+    try:
+        for profile in profiles:
+            results.append(_one(validated, spec, profile, signer, out_dir, worker, say))
+    finally:
+        if own_worker:
+            worker.close()
+    return CompileReport(model_name=spec.model_name, model_version=spec.model_version,
+                         source_sha256=validated.sha256, results=results)
+
+
+def _one(validated: ValidatedModel, spec: CompileSpec, profile, signer: Signer,  # type: ignore[no-untyped-def]
+         out_dir: Path, worker: CompileWorker, say: Progress) -> ProfileResult:
+    timings: dict[str, float] = {}
+    try:
+        cc = require_cc(profile)
+        model_bytes = validated.serialized()
+        with tempfile.TemporaryDirectory(prefix="edgeforge-build-") as tmp:
+            request = BuildRequest(
+                model_bytes=model_bytes, target=profile.target, cc=cc,
+                out_path=str(Path(tmp) / "model.so"), cuda_arch=profile.cuda_arch,
+                opt_level=spec.options.opt_level, tune_trials=spec.options.tune_trials,
+            )
+            t0 = time.perf_counter()
+            built = worker.build(request, progress=lambda stage: say(profile.name, stage))
+            timings.update(built.timings)
+            timings["build_total_s"] = time.perf_counter() - t0
+            library = Path(built.library)
+
+            t1 = time.perf_counter()
+            if spec.options.verify:
+                say(profile.name, "verify")
+                verification = verify_library(library, profile, model_bytes, validated.inputs,
+                                              spec.options.seed, spec.options.tolerance)
+            else:
+                from edgeforge_runtime.manifest import Verification
+
+                verification = Verification(verified=False, method="none",
+                                            reason="verification was disabled (--no-verify)")
+            timings["verify_s"] = time.perf_counter() - t1
+
+            say(profile.name, "sign")
+            t2 = time.perf_counter()
+            names = [o.name for o in validated.outputs]
+            outputs = [(n, s, d) for n, (s, d) in zip(names, built.outputs)]
+            dest = out_dir / artifact_name(spec.model_name, spec.model_version, profile.name)
+            compile_info = {
+                "options": spec.options.model_dump(),
+                "input_shapes": spec.input_shapes,
+                "profile_revision": profile.revision,
+                "kernels": built.kernels,
+                "timings": {k: round(v, 3) for k, v in timings.items()},
+            }
+            path, _ = package(
+                library=library, dest=dest, model_name=spec.model_name,
+                model_version=spec.model_version, source_sha256=validated.sha256,
+                source_size=validated.size, profile=profile, inputs=validated.inputs,
+                outputs=outputs, verification=verification, compile_info=compile_info,
+                signer=signer,
+            )
+            timings["package_s"] = time.perf_counter() - t2
+        say(profile.name, "done")
+        return ProfileResult(
+            profile=profile.name, status="ok", artifact=str(path), sha256=sha256_file(path),
+            size=path.stat().st_size, verified=verification.verified,
+            verification=verification.__dict__, timings={k: round(v, 3) for k, v in timings.items()},
+        )
+    except EdgeforgeError as e:
+        say(profile.name, "failed")
+        logger.info("profile %s failed: %s", profile.name, e)
+        return ProfileResult(profile=profile.name, status="failed", error_code=e.code,
+                             error=str(e), timings={k: round(v, 3) for k, v in timings.items()})

@@ -1,0 +1,300 @@
+"""Cheap checks before any compile time is spent (no ``import tvm``).
+
+Each failure class raises its own error type (see :mod:`compiler.exceptions`); the operator
+pre-flight lists *every* node that cannot be converted in one error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import shape_inference
+
+from .exceptions import (
+    CorruptModelError,
+    DynamicShapeError,
+    ExternalDataError,
+    InvalidModelError,
+    ModelTooLargeError,
+    NotOnnxError,
+    OpsetError,
+    SpecError,
+    UnsupportedOperatorError,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_MAX_MODEL_BYTES",
+    "MAX_OPSET",
+    "MIN_OPSET",
+    "TensorInfo",
+    "ValidatedModel",
+    "supported_operators",
+    "validate_model",
+]
+
+DEFAULT_MAX_MODEL_BYTES = 512 << 20
+MIN_OPSET, MAX_OPSET = 7, 23
+_ONNX_DTYPES = {
+    onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.BFLOAT16: "bfloat16",
+    onnx.TensorProto.INT8: "int8", onnx.TensorProto.INT16: "int16",
+    onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.UINT16: "uint16",
+    onnx.TensorProto.UINT32: "uint32", onnx.TensorProto.UINT64: "uint64",
+    onnx.TensorProto.BOOL: "bool",
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class ValidatedModel:
+    """A model that passed validation, with its input shapes fixed."""
+
+    model: onnx.ModelProto
+    sha256: str
+    size: int
+    opset: int
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+
+    def serialized(self) -> bytes:
+        return self.model.SerializeToString()
+
+
+@lru_cache(maxsize=1)
+def supported_operators() -> frozenset[str]:
+    """Operators TVM 0.27's relax ONNX frontend converts (generated from its converter table;
+    a test keeps this list in sync with the installed TVM)."""
+    data = json.loads(
+        resources.files("compiler").joinpath("data/tvm_onnx_ops.json").read_text("utf-8")
+    )
+    return frozenset(data["ops"])
+
+
+def _parse(data: bytes) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except DecodeError as e:
+        looks_onnx = b"onnx" in data[:4096] or b"ir_version" in data[:4096] or data[:1] == b"\x08"
+        if looks_onnx:
+            raise CorruptModelError(
+                f"the file looks like ONNX but cannot be decoded ({e}): it is truncated or "
+                "damaged; re-export or re-upload it"
+            ) from e
+        raise NotOnnxError(
+            "the file is not an ONNX model (protobuf decoding failed); upload the .onnx file "
+            "exported by your framework"
+        ) from e
+    except RecursionError as e:
+        raise CorruptModelError("the ONNX protobuf is nested too deeply to be decoded") from e
+    if not model.HasField("graph") or model.ir_version == 0:
+        if data[:1] == b"\x08" and len(data) > 16:
+            raise CorruptModelError(
+                "the file starts like an ONNX model but has no graph: it is truncated or damaged"
+            )
+        raise NotOnnxError(
+            "the file is not an ONNX model (no ir_version / graph); upload the .onnx file "
+            "exported by your framework"
+        )
+    return model
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[int | str | None]:
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return [None]
+    out: list[int | str | None] = []
+    for d in t.shape.dim:
+        if d.HasField("dim_value") and d.dim_value > 0:
+            out.append(d.dim_value)
+        elif d.HasField("dim_param"):
+            out.append(d.dim_param)
+        else:
+            out.append(None)
+    return out
+
+
+def _dtype(vi: onnx.ValueInfoProto) -> str:
+    if not vi.type.HasField("tensor_type"):
+        raise InvalidModelError(f"graph input/output {vi.name!r} is not a tensor")
+    elem = vi.type.tensor_type.elem_type
+    if elem not in _ONNX_DTYPES:
+        name = onnx.TensorProto.DataType.Name(elem) if elem else "UNDEFINED"
+        raise InvalidModelError(f"graph input/output {vi.name!r} has unsupported dtype {name}")
+    return _ONNX_DTYPES[elem]
+
+
+def _walk_nodes(graph: onnx.GraphProto, prefix: str = ""):  # type: ignore[no-untyped-def]
+    for i, node in enumerate(graph.node):
+        label = node.name or f"{node.op_type}_{i}"
+        yield node, prefix + label
+        for attr in node.attribute:
+            subs = list((attr.g and [attr.g]) or []) + list(attr.graphs)
+            for sub in subs:
+                if sub.node:
+                    yield from _walk_nodes(sub, f"{prefix}{label}/{attr.name}/")
+
+
+def _check_external_data(model: onnx.ModelProto) -> None:
+    def tensors():  # type: ignore[no-untyped-def]
+        yield from model.graph.initializer
+        for node, _ in _walk_nodes(model.graph):
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+
+    external = [t.name for t in tensors() if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        shown = ", ".join(external[:10]) + (" …" if len(external) > 10 else "")
+        raise ExternalDataError(
+            f"{len(external)} tensor(s) reference external data files ({shown}). Only "
+            "self-contained models are accepted: re-save with "
+            "onnx.save_model(model, path, save_as_external_data=False) (models under 2 GB)."
+        )
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    versions = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    opset = versions.get("ai.onnx")
+    if opset is None:
+        raise OpsetError("the model imports no default-domain (ai.onnx) opset")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise OpsetError(
+            f"opset {opset} is outside the supported range {MIN_OPSET}–{MAX_OPSET}; convert the "
+            f"model with onnx.version_converter.convert_version(model, {min(max(opset, MIN_OPSET), MAX_OPSET)})"
+        )
+    return opset
+
+
+def check_operators(model: onnx.ModelProto) -> None:
+    """Raise one error naming every node whose operator the compiler cannot convert."""
+    supported = supported_operators()
+    bad: list[tuple[str, str, str]] = []
+    for node, label in _walk_nodes(model.graph):
+        domain = node.domain or "ai.onnx"
+        if domain not in ("ai.onnx", "com.microsoft") or node.op_type not in supported:
+            bad.append((f"{domain}::{node.op_type}", label, "no converter in TVM's ONNX frontend"))
+    if bad:
+        by_op: dict[str, list[str]] = {}
+        for op, label, _ in bad:
+            by_op.setdefault(op, []).append(label)
+        lines = [
+            f"  {op} ({len(names)} node{'s' if len(names) > 1 else ''}): "
+            + ", ".join(names[:20]) + (" …" if len(names) > 20 else "")
+            for op, names in sorted(by_op.items())
+        ]
+        raise UnsupportedOperatorError(
+            f"{len(bad)} node(s) use {len(by_op)} operator(s) the compiler cannot convert:\n"
+            + "\n".join(lines),
+            bad,
+        )
+
+
+def _fix_inputs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> None:
+    initializers = {t.name for t in model.graph.initializer}
+    graph_inputs = [vi for vi in model.graph.input if vi.name not in initializers]
+    names = {vi.name for vi in graph_inputs}
+    unknown = sorted(set(input_shapes) - names)
+    if unknown:
+        raise SpecError(
+            f"input shape given for {unknown}, which the model does not have; its inputs are "
+            f"{sorted(names)}"
+        )
+    dynamic: dict[str, list[int | str | None]] = {}
+    for vi in graph_inputs:
+        dims = _dims(vi)
+        given = input_shapes.get(vi.name)
+        if given is not None:
+            if dims != [None] and len(dims) != len(given):
+                raise SpecError(
+                    f"input {vi.name!r} has rank {len(dims)} ({dims}) but the shape spec gives "
+                    f"{given}"
+                )
+            for have, want in zip(dims, given):
+                if isinstance(have, int) and have != want:
+                    raise SpecError(
+                        f"input {vi.name!r} has fixed shape {dims}; the spec's {given} conflicts"
+                    )
+            shape = vi.type.tensor_type.shape
+            del shape.dim[:]
+            for d in given:
+                shape.dim.add().dim_value = d
+        elif any(not isinstance(d, int) for d in dims):
+            dynamic[vi.name] = dims
+    if dynamic:
+        desc = "; ".join(f"{n} {d}" for n, d in dynamic.items())
+        example = " ".join(
+            f"--input-shape {n}=" + ",".join(str(d) if isinstance(d, int) else "1" for d in dims)
+            for n, dims in dynamic.items()
+        )
+        raise DynamicShapeError(
+            f"input(s) with dynamic dimensions need a fixed shape: {desc}. Give one in the compile "
+            f"spec, e.g. {example}",
+            dynamic,
+        )
+    # Keep initializers out of the input list: the frontend would otherwise treat them as inputs.
+    keep = [vi for vi in model.graph.input if vi.name not in initializers]
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+
+
+def validate_model(
+    data: bytes,
+    input_shapes: dict[str, list[int]] | None = None,
+    max_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+) -> ValidatedModel:
+    """Validate raw model bytes; return the model with input shapes fixed from the spec."""
+    if len(data) > max_bytes:
+        raise ModelTooLargeError(
+            f"the model is {len(data):,} bytes, over the limit of {max_bytes:,} bytes"
+        )
+    if not data:
+        raise NotOnnxError("the file is empty")
+    model = _parse(data)
+    _check_external_data(model)
+    opset = _opset(model)
+    try:
+        onnx.checker.check_model(model, full_check=False)
+    except (onnx.checker.ValidationError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:500] if str(e).strip() else type(e).__name__
+        raise InvalidModelError(f"the ONNX checker rejects the model: {first}") from e
+    check_operators(model)
+    _fix_inputs(model, dict(input_shapes or {}))
+    try:
+        inferred = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as e:
+        raise InvalidModelError(f"ONNX shape inference failed: {e}") from e
+    inputs = tuple(
+        TensorInfo(vi.name, tuple(int(d) for d in _dims(vi)), _dtype(vi))  # type: ignore[arg-type]
+        for vi in inferred.graph.input
+    )
+    outputs = []
+    for vi in inferred.graph.output:
+        dims = _dims(vi)
+        outputs.append(TensorInfo(vi.name, tuple(d if isinstance(d, int) else -1 for d in dims)
+                                  if dims != [None] else (), _dtype(vi)))
+    return ValidatedModel(
+        model=inferred,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        opset=opset,
+        inputs=inputs,
+        outputs=tuple(outputs),
+    )

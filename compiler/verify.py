@@ -1,0 +1,128 @@
+"""Check an artifact's numerics against onnxruntime, where the build machine can run it.
+
+x86_64 libraries run natively (when the CPU has the profile's features); aarch64 and armv7
+libraries run under qemu-user with an emulated Debian sysroot (``scripts/sysroot.sh``); CUDA
+libraries cannot run without a GPU and are recorded as not verified, with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from edgeforge_runtime.manifest import Verification
+
+from .exceptions import VerificationError
+from .profiles import Profile
+from .toolchain import Emulator, emulator_for, host_cpu_flags
+from .validation import TensorInfo
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["make_inputs", "reference_outputs", "verify_library"]
+
+_RUN_TIMEOUT_S = 900
+
+
+def make_inputs(inputs: tuple[TensorInfo, ...], seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feed: dict[str, np.ndarray] = {}
+    for t in inputs:
+        if t.dtype.startswith("float") or t.dtype == "bfloat16":
+            feed[t.name] = rng.standard_normal(t.shape).astype(t.dtype)
+        elif t.dtype == "bool":
+            feed[t.name] = rng.integers(0, 2, t.shape).astype(bool)
+        else:
+            feed[t.name] = rng.integers(0, 4, t.shape).astype(t.dtype)
+    return feed
+
+
+def reference_outputs(model_bytes: bytes, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+    return [np.asarray(o) for o in sess.run(None, feed)]
+
+
+def _how(profile: Profile) -> Emulator | str | None:
+    """None = native; an Emulator; or a string saying why the artifact cannot run here."""
+    if profile.device == "cuda":
+        return "CUDA artifacts need an NVIDIA GPU, and the build machine has none"
+    if profile.arch == platform.machine():
+        missing = [f for f in profile.host_features if f not in host_cpu_flags()]
+        if missing:
+            return f"the build machine's CPU lacks {', '.join(missing)}"
+        return None
+    return emulator_for(profile.arch)
+
+
+def _runtime_path() -> Path:
+    """The directory that holds the edgeforge_runtime package (source checkout or site-packages)."""
+    import edgeforge_runtime
+
+    return Path(edgeforge_runtime.__file__).resolve().parent.parent
+
+
+def verify_library(library: Path, profile: Profile, model_bytes: bytes,
+                   inputs: tuple[TensorInfo, ...], seed: int, tolerance: float) -> Verification:
+    how = _how(profile)
+    if isinstance(how, str):
+        return Verification(verified=False, method="none", reason=how)
+    feed = make_inputs(inputs, seed)
+    expected = reference_outputs(model_bytes, feed)
+    with tempfile.TemporaryDirectory(prefix="edgeforge-verify-") as tmp:
+        in_path, out_path = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
+        np.savez(in_path, __order__=np.array(list(feed)), **feed)
+        if how is None:
+            cmd = [sys.executable, "-m", "edgeforge_runtime._runner"]
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(_runtime_path()), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+            method = "native"
+        else:
+            cmd = [*how.python_command(), "-m", "edgeforge_runtime._runner"]
+            env = how.env([_runtime_path()])
+            method = "qemu-user"
+        cmd += [str(library.resolve()), str(in_path), str(out_path)]
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                                  timeout=_RUN_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired:
+            raise VerificationError(
+                f"running the artifact ({method}) took over {_RUN_TIMEOUT_S} s") from None
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+            raise VerificationError(
+                f"the compiled artifact failed to run ({method}): " + " | ".join(tail))
+        with np.load(out_path) as data:
+            actual = [data[f"arr_{i}"] for i in range(len(data.files))]
+    if len(actual) != len(expected):
+        raise VerificationError(
+            f"the artifact returned {len(actual)} outputs, onnxruntime {len(expected)}")
+    max_abs = max_rel = 0.0
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        if a.shape != e.shape:
+            raise VerificationError(
+                f"output {i}: shape {list(a.shape)} differs from onnxruntime's {list(e.shape)}")
+        if e.size == 0:
+            continue
+        diff = np.abs(a.astype(np.float64) - e.astype(np.float64))
+        max_abs = max(max_abs, float(diff.max()))
+        max_rel = max(max_rel, float((diff / (np.abs(e.astype(np.float64)) + 1.0)).max()))
+    result = Verification(verified=max_rel <= tolerance, method=method,
+                          max_abs_error=max_abs, max_rel_error=max_rel, tolerance=tolerance,
+                          reason=None if max_rel <= tolerance else
+                          f"max error {max_rel:.3g} exceeds the tolerance {tolerance:g}")
+    if not result.verified:
+        raise VerificationError(
+            f"the artifact's outputs differ from onnxruntime's: max |a-b|/(|b|+1) = "
+            f"{max_rel:.3g} > {tolerance:g} (max abs error {max_abs:.3g})")
+    return result
