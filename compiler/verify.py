@@ -99,9 +99,11 @@ def verify_library(library: Path, profile: Profile, model_bytes: bytes,
             raise VerificationError(
                 f"running the artifact ({method}) took over {_RUN_TIMEOUT_S} s") from None
         if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+            lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines()
+                     if ln.strip() and not ln.lstrip().startswith(("File ", "Traceback"))]
             raise VerificationError(
-                f"the compiled artifact failed to run ({method}): " + " | ".join(tail))
+                f"the compiled artifact failed to run ({method}, exit {proc.returncode}): "
+                + " | ".join(lines[-3:]))
         with np.load(out_path) as data:
             actual = [data[f"arr_{i}"] for i in range(len(data.files))]
     if len(actual) != len(expected):

@@ -25,6 +25,7 @@ __all__ = ["VirtualMachine", "load_runtime", "runtime_library_path"]
 
 _KDL_CPU, _KDL_CUDA = 1, 2
 _POOLED_ALLOCATOR = 2
+_ALIGNMENT = 64
 _lock = threading.Lock()
 _loaded: dict[str, Any] = {}
 
@@ -100,6 +101,24 @@ def set_num_threads(num_threads: int) -> None:
     ffi.get_global_func("runtime.config_threadpool")(1, int(num_threads))
 
 
+def _aligned(x: Any) -> Any:
+    """TVM kernels assume 64-byte aligned, C-contiguous buffers (they use aligned vector loads);
+    numpy gives no such guarantee (arrays from .npz files are often 16-byte aligned). Copy into
+    an aligned buffer when needed."""
+    ctypes_info = getattr(x, "ctypes", None)
+    if ctypes_info is None:
+        return x
+    import numpy as np
+
+    if x.flags["C_CONTIGUOUS"] and ctypes_info.data % _ALIGNMENT == 0:
+        return x
+    raw = np.empty(x.nbytes + _ALIGNMENT, dtype=np.uint8)
+    offset = (-raw.ctypes.data) % _ALIGNMENT
+    out = raw[offset : offset + x.nbytes].view(x.dtype).reshape(x.shape)
+    out[...] = x
+    return out
+
+
 class VirtualMachine:
     """A relax VM over one exported library, on one device."""
 
@@ -145,8 +164,9 @@ class VirtualMachine:
         return out
 
     def run(self, inputs: Sequence[Any]) -> list[Any]:
-        """Run ``main`` on DLPack-capable arrays; return DLPack-capable host tensors."""
-        args = [self._to_device(self._ffi.from_dlpack(x)) for x in inputs]
+        """Run ``main`` on numpy arrays (or other DLPack-capable arrays); return DLPack-capable
+        host tensors."""
+        args = [self._to_device(self._ffi.from_dlpack(_aligned(x))) for x in inputs]
         result = self._main(*args)
         if isinstance(result, self._ffi.Tensor):
             return [self._to_host(result)]

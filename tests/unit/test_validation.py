@@ -1,0 +1,124 @@
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from compiler import samples
+from compiler.exceptions import (
+    CorruptModelError,
+    DynamicShapeError,
+    ExternalDataError,
+    InvalidModelError,
+    ModelTooLargeError,
+    NotOnnxError,
+    OpsetError,
+    SpecError,
+    UnsupportedOperatorError,
+)
+from compiler.spec import parse_input_shape
+from compiler.validation import validate_model
+
+
+def test_valid_model_reports_io(tiny_model):
+    v = validate_model(tiny_model)
+    assert [(t.name, t.shape, t.dtype) for t in v.inputs] == [("input", (1, 3, 8, 8), "float32")]
+    assert [(t.name, t.dtype) for t in v.outputs] == [("probs", "float32")]
+    assert v.opset == 17 and len(v.sha256) == 64 and v.size == len(tiny_model)
+
+
+def test_not_onnx():
+    with pytest.raises(NotOnnxError, match="not an ONNX model"):
+        validate_model(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    with pytest.raises(NotOnnxError, match="empty"):
+        validate_model(b"")
+
+
+def test_truncated_protobuf(tiny_model):
+    with pytest.raises(CorruptModelError, match="truncated or damaged"):
+        validate_model(tiny_model[: len(tiny_model) // 2])
+
+
+def test_oversized_model(tiny_model):
+    with pytest.raises(ModelTooLargeError, match="over the limit of 100 bytes"):
+        validate_model(tiny_model, max_bytes=100)
+
+
+def test_unsupported_operators_are_all_listed():
+    with pytest.raises(UnsupportedOperatorError) as e:
+        validate_model(samples.unsupported_ops_model())
+    msg = str(e.value)
+    assert "3 node(s) use 2 operator(s)" in msg
+    assert "ai.onnx::Celu (1 node): celu_a" in msg
+    assert "ai.onnx::Det (2 nodes): det_1, det_2" in msg
+    assert "ok_relu" not in msg
+    assert {n for _, n, _ in e.value.nodes} == {"celu_a", "det_1", "det_2"}
+
+
+def test_dynamic_input_needs_a_shape():
+    data = samples.dynamic_batch_cnn()
+    with pytest.raises(DynamicShapeError) as e:
+        validate_model(data)
+    assert "image ['N', 3, 8, 8]" in str(e.value)
+    assert "--input-shape image=1,3,8,8" in str(e.value)
+    v = validate_model(data, {"image": [2, 3, 8, 8]})
+    assert v.inputs[0].shape == (2, 3, 8, 8)
+
+
+def test_shape_spec_conflicts_and_unknown_inputs(tiny_model):
+    with pytest.raises(SpecError, match="conflicts"):
+        validate_model(tiny_model, {"input": [1, 3, 9, 9]})
+    with pytest.raises(SpecError, match="does not have"):
+        validate_model(tiny_model, {"nope": [1]})
+    with pytest.raises(SpecError, match="rank"):
+        validate_model(tiny_model, {"input": [1, 3]})
+
+
+def test_external_data_is_refused(tiny_model):
+    m = onnx.load_from_string(tiny_model)
+    t = m.graph.initializer[0]
+    t.data_location = TensorProto.EXTERNAL
+    t.ClearField("raw_data")
+    t.ClearField("float_data")
+    t.external_data.add(key="location", value="../../etc/passwd")
+    with pytest.raises(ExternalDataError, match="external data"):
+        validate_model(m.SerializeToString())
+
+
+def _relu_model(opset: int) -> bytes:
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 7
+    return m.SerializeToString()
+
+
+def test_opset_range():
+    with pytest.raises(OpsetError, match="opset 5 is outside"):
+        validate_model(_relu_model(5))
+    validate_model(_relu_model(13))
+
+
+def test_checker_failure_is_invalid_model():
+    g = helper.make_graph([helper.make_node("Relu", ["missing"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+                          [numpy_helper.from_array(__import__("numpy").zeros(1, "float32"), "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 7
+    with pytest.raises(InvalidModelError, match="ONNX checker"):
+        validate_model(m.SerializeToString())
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("input=1,3,224,224", ("input", [1, 3, 224, 224])), ("x:2x3", ("x", [2, 3])),
+     (" a = 4 ", ("a", [4]))],
+)
+def test_parse_input_shape(text, expected):
+    assert parse_input_shape(text) == expected
+
+
+@pytest.mark.parametrize("text", ["input", "input=", "input=1,-3", "input=0,3", "=1,2"])
+def test_parse_input_shape_rejects(text):
+    with pytest.raises(SpecError):
+        parse_input_shape(text)
