@@ -176,9 +176,10 @@ def _opset(model: onnx.ModelProto) -> int:
     if opset is None:
         raise OpsetError("the model imports no default-domain (ai.onnx) opset")
     if not MIN_OPSET <= opset <= MAX_OPSET:
+        closest = min(max(opset, MIN_OPSET), MAX_OPSET)
         raise OpsetError(
             f"opset {opset} is outside the supported range {MIN_OPSET}–{MAX_OPSET}; convert the "
-            f"model with onnx.version_converter.convert_version(model, {min(max(opset, MIN_OPSET), MAX_OPSET)})"
+            f"model with onnx.version_converter.convert_version(model, {closest})"
         )
     return opset
 

@@ -11,6 +11,7 @@ replaced on the next build.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -106,10 +107,8 @@ class CompileWorker:
 
     def close(self) -> None:
         if self._conn is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._conn.send(("stop",))
-            except (OSError, BrokenPipeError):
-                pass
         if self._proc is not None:
             self._proc.join(timeout=5)
             if self._proc.is_alive():
