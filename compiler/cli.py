@@ -165,6 +165,13 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.work_dir), args.profile or ["x86_64", "rpi4", "armv7", "jetson-orin"],
+                    Path(args.model) if args.model else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeforge", description=__doc__.splitlines()[0].split(": ", 1)[1],
@@ -211,6 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing key")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_keygen)
+
+    p = sub.add_parser("demo", help="compile a sample model for several profiles and run it here",
+                       description="The local demo: compile a built-in sample model (or MODEL) for "
+                       "x86_64, rpi4, armv7 and jetson-orin, verify each where possible, then act "
+                       "as a device and run this machine's artifact next to onnxruntime.")
+    p.add_argument("model", nargs="?", help="an .onnx file (default: a built-in sample CNN)")
+    p.add_argument("-p", "--profile", action="append", help="profiles (repeatable)")
+    p.add_argument("--work-dir", default=".cache/demo", help="where keys and artifacts go")
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("validate", help="check a model without compiling it")
     p.add_argument("model")
