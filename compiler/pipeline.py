@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict
 from ._build import BuildRequest
 from .exceptions import EdgeforgeError
 from .packaging import artifact_name, package, sha256_file
-from .profiles import ProfileRegistry, load_profiles
+from .prepasses import FoldStats, fold_constants
+from .profiles import Profile, ProfileRegistry, load_profiles
 from .signing import Signer
 from .spec import CompileSpec
 from .toolchain import require_cc
@@ -76,12 +77,14 @@ def compile_model(
     profiles = [registry.get(name) for name in spec.profiles]  # unknown names fail first
     say = progress or (lambda profile, stage: None)
     validated = validate_model(data, spec.input_shapes, max_bytes=max_model_bytes)
+    folded_model, stats = fold_constants(validated.model)
+    folded = (folded_model.SerializeToString(), stats)
     own_worker = worker is None
     worker = worker or CompileWorker()
     results = []
     try:
         for profile in profiles:
-            results.append(_one(validated, spec, profile, signer, out_dir, worker, say))
+            results.append(_one(validated, folded, spec, profile, signer, out_dir, worker, say))
     finally:
         if own_worker:
             worker.close()
@@ -89,15 +92,17 @@ def compile_model(
                          source_sha256=validated.sha256, results=results)
 
 
-def _one(validated: ValidatedModel, spec: CompileSpec, profile, signer: Signer,  # type: ignore[no-untyped-def]
-         out_dir: Path, worker: CompileWorker, say: Progress) -> ProfileResult:
+def _one(validated: ValidatedModel, folded: tuple[bytes, FoldStats], spec: CompileSpec,
+         profile: Profile, signer: Signer, out_dir: Path, worker: CompileWorker,
+         say: Progress) -> ProfileResult:
     timings: dict[str, float] = {}
+    build_bytes, stats = folded
     try:
         cc = require_cc(profile)
         model_bytes = validated.serialized()
         with tempfile.TemporaryDirectory(prefix="edgeforge-build-") as tmp:
             request = BuildRequest(
-                model_bytes=model_bytes, target=profile.target, cc=cc,
+                model_bytes=build_bytes, target=profile.target, cc=cc,
                 out_path=str(Path(tmp) / "model.so"), cuda_arch=profile.cuda_arch,
                 opt_level=spec.options.opt_level, tune_trials=spec.options.tune_trials,
             )
@@ -129,6 +134,7 @@ def _one(validated: ValidatedModel, spec: CompileSpec, profile, signer: Signer, 
                 "input_shapes": spec.input_shapes,
                 "profile_revision": profile.revision,
                 "kernels": built.kernels,
+                "prepasses": {"folded_nodes": stats.folded_nodes, "inlined_ifs": stats.inlined_ifs},
                 "timings": {k: round(v, 3) for k, v in timings.items()},
             }
             path, _ = package(
