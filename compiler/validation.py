@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import shape_inference
+from onnx import numpy_helper, shape_inference
 
 from .exceptions import (
     CorruptModelError,
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_MODEL_BYTES = 512 << 20
-MIN_OPSET, MAX_OPSET = 7, 23
+MIN_OPSET, MAX_OPSET = 7, onnx.defs.onnx_opset_version()
 _ONNX_DTYPES = {
     onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
     onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.BFLOAT16: "bfloat16",
@@ -256,12 +257,31 @@ def _fix_inputs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> N
     model.graph.input.extend(keep)
 
 
+def _freeze_inputs(model: onnx.ModelProto, constants: dict[str, np.ndarray]) -> None:
+    """Turn the named graph inputs into initializers holding the given values."""
+    names = {vi.name for vi in model.graph.input}
+    unknown = sorted(set(constants) - names)
+    if unknown:
+        raise SpecError(f"constant input(s) {unknown} are not inputs of the model")
+    for vi in list(model.graph.input):
+        if vi.name in constants:
+            value = np.asarray(constants[vi.name])
+            want = _ONNX_DTYPES.get(vi.type.tensor_type.elem_type)
+            if want is not None and str(value.dtype) != want:
+                raise SpecError(f"constant input {vi.name!r} must be {want}, got {value.dtype}")
+            model.graph.initializer.append(numpy_helper.from_array(value, vi.name))
+            model.graph.input.remove(vi)
+
+
 def validate_model(
     data: bytes,
     input_shapes: dict[str, list[int]] | None = None,
     max_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+    constant_inputs: dict[str, np.ndarray] | None = None,
 ) -> ValidatedModel:
-    """Validate raw model bytes; return the model with input shapes fixed from the spec."""
+    """Validate raw model bytes; return the model with input shapes fixed from the spec and the
+    ``constant_inputs`` (parameters such as shapes or axes the device will never change) frozen
+    into initializers, so the pre-passes can fold what depends on them."""
     if len(data) > max_bytes:
         raise ModelTooLargeError(
             f"the model is {len(data):,} bytes, over the limit of {max_bytes:,} bytes"
@@ -277,6 +297,8 @@ def validate_model(
         first = str(e).strip().splitlines()[0][:500] if str(e).strip() else type(e).__name__
         raise InvalidModelError(f"the ONNX checker rejects the model: {first}") from e
     check_operators(model)
+    if constant_inputs:
+        _freeze_inputs(model, constant_inputs)
     _fix_inputs(model, dict(input_shapes or {}))
     try:
         inferred = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)

@@ -1,0 +1,318 @@
+"""ONNX node-test conformance through edgeforge's compile path, raw TVM, and onnxruntime.
+
+    python -m bench.conformance                 # all 1,884 node tests (≈ 30-60 min on 2 cores)
+    python -m bench.conformance --filter conv   # the tests whose name contains "conv"
+    python -m bench.conformance --limit 40 --json results.json
+
+Every case runs in a long-lived worker process (crashes and hangs are contained: the worker is
+replaced), classified as: pass, unsupported (pre-flight refused it), invalid (validation
+refused it), import_error (TVM's ONNX frontend), compile_error, runtime_error, mismatch,
+timeout, crash, skipped (inputs that are not tensors). "ours" is the real pipeline
+(validation with the test's input shapes, pre-passes, our converters, the fast CPU build, the
+runtime's VM); "raw" is what a user gets from ``from_onnx`` + ``tvm.compile`` alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v2"}
+CLASSES = ["pass", "mismatch", "unsupported", "invalid", "import_error", "compile_error",
+           "runtime_error", "timeout", "crash", "skipped"]
+
+
+@dataclass
+class CaseResult:
+    name: str
+    ops: list[str]
+    ours: str
+    raw: str
+    ort: str
+    detail: str = ""
+    seconds: float = 0.0
+
+
+def _cases() -> list[Any]:
+    import warnings
+
+    from onnx.backend.test.loader import load_node_model_tests
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sorted(load_node_model_tests(), key=lambda c: c.name)
+
+
+def _io(case: Any) -> tuple[dict[str, Any], list[Any]] | None:
+    import numpy as np
+
+    inputs, expected = case.data_sets[0]
+    if not all(isinstance(a, np.ndarray) for a in [*inputs, *expected]):
+        return None
+    inits = {t.name for t in case.model.graph.initializer}
+    names = [i.name for i in case.model.graph.input if i.name not in inits]
+    if len(names) != len(inputs):
+        return None
+    return dict(zip(names, inputs)), list(expected)
+
+
+def _compare(actual: list[Any], expected: list[Any], rtol: float, atol: float) -> str | None:
+    import numpy as np
+
+    if len(actual) != len(expected):
+        return f"{len(actual)} outputs, expected {len(expected)}"
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        a = np.asarray(a)
+        if a.shape != e.shape:
+            return f"output {i}: shape {a.shape} != {e.shape}"
+        if e.dtype.kind in "fc":
+            if not np.allclose(a.astype(e.dtype), e, rtol=max(rtol, 1e-3), atol=max(atol, 1e-5),
+                               equal_nan=True):
+                return f"output {i}: max abs diff {np.nanmax(np.abs(a - e)):.3g}"
+        elif not np.array_equal(a.astype(e.dtype), e):
+            return f"output {i}: values differ"
+    return None
+
+
+def _ours(case: Any, io: tuple[dict[str, Any], list[Any]], tmp: str, freeze: bool = False
+          ) -> tuple[str, str]:
+    import numpy as np
+    from edgeforge_runtime._vm import VirtualMachine
+
+    from compiler._build import BuildRequest, build
+    from compiler.exceptions import CompileError, ModelError, SpecError, UnsupportedOperatorError
+    from compiler.prepasses import fold_constants
+    from compiler.validation import validate_model
+
+    feed, expected = io
+    # Integer inputs of node tests are parameters (shapes, axes, pads, indices, k): an edge
+    # deployment fixes them in the compile spec (``constant_inputs``), so the pre-passes can
+    # fold them. Float inputs stay runtime inputs.
+    frozen = {k: v for k, v in feed.items() if v.dtype.kind in "iu" and v.size <= 64} if freeze else {}
+    feed = {k: v for k, v in feed.items() if k not in frozen}
+    try:
+        validated = validate_model(case.model.SerializeToString(),
+                                   {k: list(v.shape) for k, v in feed.items() if v.ndim > 0},
+                                   constant_inputs=frozen)
+    except UnsupportedOperatorError as e:
+        return "unsupported", str(e).splitlines()[-1].strip()
+    except (ModelError, SpecError) as e:
+        return "invalid", str(e)[:300]
+    folded, _ = fold_constants(validated.model)
+    try:
+        out = build(BuildRequest(model_bytes=folded.SerializeToString(), target=TARGET, cc="g++",
+                                 out_path=os.path.join(tmp, "m.so")), lambda _: None)
+    except CompileError as e:
+        kind = "import_error" if "ONNX frontend" in str(e) else "compile_error"
+        return kind, str(e)[:300]
+    except Exception as e:
+        return "compile_error", f"{type(e).__name__}: {str(e)[:300]}"
+    try:
+        vm = VirtualMachine(out.library)
+        actual = [np.from_dlpack(t) for t in vm.run([feed[i.name] for i in validated.inputs])]
+    except Exception as e:
+        return "runtime_error", f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}"
+    bad = _compare(actual, expected, case.rtol, case.atol)
+    return ("mismatch", bad) if bad else ("pass", "")
+
+
+def _raw(case: Any, io: tuple[dict[str, Any], list[Any]]) -> str:
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    feed, expected = io
+    try:
+        mod = from_onnx(case.model, shape_dict={k: list(v.shape) for k, v in feed.items()},
+                        keep_params_in_input=False)
+    except Exception:
+        return "import_error"
+    try:
+        ex = tvm.compile(mod, target=tvm.target.Target(TARGET))
+    except Exception:
+        return "compile_error"
+    try:
+        vm = relax.VirtualMachine(ex, tvm.cpu())
+        res = vm["main"](*[tvm.runtime.tensor(v) for v in feed.values()])
+        res = list(res) if not hasattr(res, "numpy") else [res]
+        actual = [r.numpy() for r in res]
+    except Exception:
+        return "runtime_error"
+    return "mismatch" if _compare(actual, expected, case.rtol, case.atol) else "pass"
+
+
+def _ort(case: Any, io: tuple[dict[str, Any], list[Any]]) -> str:
+    import onnxruntime as ort
+
+    feed, expected = io
+    try:
+        sess = ort.InferenceSession(case.model.SerializeToString(),
+                                    providers=["CPUExecutionProvider"])
+        actual = sess.run(None, feed)
+    except Exception:
+        return "runtime_error"
+    return "mismatch" if _compare(actual, expected, case.rtol, case.atol) else "pass"
+
+
+def _serve(conn: Connection, raw: bool) -> None:  # pragma: no cover - child process
+    import logging
+    import warnings
+
+    warnings.simplefilter("ignore")
+    logging.disable(logging.WARNING)
+    cases = {c.name: c for c in _cases()}
+    import tvm  # noqa: F401  (warm)
+
+    conn.send("ready")
+    while True:
+        try:
+            name = conn.recv()
+        except EOFError:
+            return
+        case = cases[name]
+        t = time.perf_counter()
+        ops = sorted({n.op_type for n in case.model.graph.node})
+        io = _io(case)
+        if io is None:
+            conn.send(CaseResult(name, ops, "skipped", "skipped", "skipped", "non-tensor I/O"))
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                ours, detail = _ours(case, io, tmp)
+                has_int = any(v.dtype.kind in "iu" for v in io[0].values())
+                if ours in ("import_error", "compile_error") and has_int:
+                    frozen, _ = _ours(case, io, tmp, freeze=True)
+                    if frozen == "pass":
+                        ours, detail = "pass", "integer inputs frozen as constants"
+            except Exception as e:
+                ours, detail = "compile_error", traceback.format_exception_only(e)[-1][:300]
+        raw_status = _raw(case, io) if raw else "-"
+        conn.send(CaseResult(name, ops, ours, raw_status, _ort(case, io), detail,
+                             time.perf_counter() - t))
+
+
+class _Worker:
+    def __init__(self, ctx: Any, raw: bool) -> None:
+        self.parent, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child, raw), daemon=True)
+        self.proc.start()
+        child.close()
+        self.case: str | None = None
+        self.deadline = 0.0
+        self.ready = False
+
+
+def run(names: list[str], jobs: int, timeout: float, raw: bool, progress: bool = True
+        ) -> list[CaseResult]:
+    ctx = mp.get_context("spawn")
+    todo = collections.deque(names)
+    results: list[CaseResult] = []
+    workers = [_Worker(ctx, raw) for _ in range(max(1, jobs))]
+    start = time.monotonic()
+    try:
+        while todo or any(w.case for w in workers):
+            for i, w in enumerate(workers):
+                if w.case is None and w.ready and todo:
+                    w.case = todo.popleft()
+                    w.deadline = time.monotonic() + timeout
+                    w.parent.send(w.case)
+                if w.parent.poll(0.02):
+                    try:
+                        msg = w.parent.recv()
+                    except EOFError:
+                        msg = None
+                    if msg == "ready":
+                        w.ready = True
+                        continue
+                    if isinstance(msg, CaseResult):
+                        results.append(msg)
+                        w.case = None
+                        if progress and len(results) % 25 == 0:
+                            print(f"  {len(results)}/{len(names)} cases, "
+                                  f"{time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
+                        continue
+                dead = not w.proc.is_alive()
+                late = w.case is not None and time.monotonic() > w.deadline
+                if dead or late:
+                    if w.case is not None:
+                        results.append(CaseResult(w.case, [], "crash" if dead else "timeout",
+                                                  "-", "-", f"worker {'died' if dead else 'timed out'}"))
+                    w.proc.kill()
+                    workers[i] = _Worker(ctx, raw)
+    finally:
+        for w in workers:
+            w.proc.kill()
+    return sorted(results, key=lambda r: r.name)
+
+
+def summarize(results: list[CaseResult]) -> str:
+    n = len(results)
+    lines = [f"{'class':<15} {'ours':>6} {'raw TVM':>8} {'onnxruntime':>12}"]
+    for cls in CLASSES:
+        ours = sum(r.ours == cls for r in results)
+        raw = sum(r.raw == cls for r in results)
+        ort = sum(r.ort == cls for r in results)
+        if ours or raw or ort:
+            lines.append(f"{cls:<15} {ours:>6} {raw:>8} {ort:>12}")
+
+    def pct(key: str) -> str:
+        ok = sum(getattr(r, key) == "pass" for r in results)
+        return f"{ok}/{n} ({100 * ok / max(n, 1):.1f}%)"
+
+    lines.append(f"{'pass rate':<15} ours {pct('ours')}, raw TVM {pct('raw')}, "
+                 f"onnxruntime {pct('ort')}")
+    return "\n".join(lines)
+
+
+def per_operator(results: list[CaseResult]) -> str:
+    by_op: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for r in results:
+        main = [o for o in r.ops if o not in ("Constant",)] or r.ops or ["?"]
+        for op in main[:1]:
+            by_op[op][r.ours] += 1
+    rows = ["| operator | cases | pass | failures |", "|---|---|---|---|"]
+    for op, c in sorted(by_op.items()):
+        fails = ", ".join(f"{k} {v}" for k, v in c.items() if k != "pass")
+        rows.append(f"| {op} | {sum(c.values())} | {c['pass']} | {fails} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--filter", action="append", default=[], help="substring of test names")
+    p.add_argument("--limit", type=int, help="first N matching cases")
+    p.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--timeout", type=float, default=120)
+    p.add_argument("--no-raw", action="store_true", help="skip the raw TVM comparison")
+    p.add_argument("--json", help="write every case's result to this file")
+    p.add_argument("--markdown", help="write the per-operator table to this file")
+    args = p.parse_args(argv)
+    names = [c.name for c in _cases()]
+    if args.filter:
+        names = [n for n in names if any(f in n for f in args.filter)]
+    if args.limit:
+        names = names[: args.limit]
+    t = time.monotonic()
+    results = run(names, args.jobs, args.timeout, raw=not args.no_raw)
+    print(summarize(results))
+    print(f"({len(results)} cases in {time.monotonic() - t:.0f} s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=1))
+    if args.markdown:
+        Path(args.markdown).write_text(per_operator(results) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
