@@ -69,10 +69,13 @@ def build(req: BuildRequest, progress: Callable[[str], None]) -> BuildResult:
     from tvm.relax.frontend.onnx import from_onnx
     from tvm.support import cc
 
+    from .converters import install as install_converters
+
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     progress("import")
     model = onnx.load_from_string(req.model_bytes)
+    install_converters()
     try:
         mod = from_onnx(model, keep_params_in_input=False)
     except Exception as e:  # the frontend raises many types; all mean "cannot import this graph"

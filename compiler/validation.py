@@ -18,6 +18,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper, shape_inference
 
+from .converters import EXTRA_OPS
 from .exceptions import (
     CorruptModelError,
     DynamicShapeError,
@@ -79,12 +80,13 @@ class ValidatedModel:
 
 @lru_cache(maxsize=1)
 def supported_operators() -> frozenset[str]:
-    """Operators TVM 0.27's relax ONNX frontend converts (generated from its converter table;
-    a test keeps this list in sync with the installed TVM)."""
+    """Operators the compiler converts: TVM 0.27's relax ONNX frontend table (generated from its
+    converter table; a test keeps this list in sync with the installed TVM) plus edgeforge's own
+    converters (:mod:`compiler.converters`)."""
     data = json.loads(
         resources.files("compiler").joinpath("data/tvm_onnx_ops.json").read_text("utf-8")
     )
-    return frozenset(data["ops"])
+    return frozenset(data["ops"]) | EXTRA_OPS
 
 
 def _parse(data: bytes) -> onnx.ModelProto:

@@ -1,0 +1,277 @@
+"""ONNX operator converters that TVM 0.27's relax frontend lacks, registered by edgeforge.
+
+TVM's converter table is built by ``onnx_frontend._get_convert_map()``; :func:`install` wraps
+that function so the table also holds the converters below. No TVM fork: the frontend finds
+them like its own. ``EXTRA_OPS`` is importable without TVM, so the pre-flight operator check
+(:mod:`compiler.validation`) knows about them before any compile time is spent.
+
+Recurrent layers (LSTM, GRU, RNN) are unrolled over the (static) sequence length: the input
+projection of all time steps is one matmul, each step adds the recurrent matmul and the gates.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["EXTRA_OPS", "install"]
+
+EXTRA_OPS = frozenset({"LSTM", "GRU", "RNN", "Celu", "Swish"})
+
+_installed: dict[str, bool] = {}
+
+
+def install() -> None:
+    """Register the extra converters with TVM's ONNX frontend (idempotent)."""
+    if _installed.get("done"):
+        return
+    from tvm.relax.frontend.onnx import onnx_frontend as fe
+
+    original = fe._get_convert_map
+    extra = _converters(fe.OnnxOpConverter)
+
+    def convert_map() -> dict[str, Any]:
+        table = original()
+        for name, conv in extra.items():
+            table.setdefault(name, conv)
+        return table
+
+    fe._get_convert_map = convert_map
+    _installed["done"] = True
+
+
+class ConverterError(ValueError):
+    """The node uses a variant of the operator the converter does not implement."""
+
+
+def _converters(base: type) -> dict[str, type]:
+    from tvm import relax
+    from tvm.ir.expr import Constant
+    from tvm.relax import op as R
+
+    def const(value: float, dtype: str) -> Any:
+        return relax.const(value, dtype)
+
+    def static_shape(x: Any) -> list[int]:
+        return [int(d) for d in x.ty.shape.values]
+
+    def take(x: Any, i: int, axis: int = 0) -> Any:
+        return R.squeeze(R.strided_slice(x, [axis], [i], [i + 1]), [axis])
+
+    def opt(inputs: list[Any], i: int) -> Any:
+        return inputs[i] if len(inputs) > i and inputs[i] is not None else None
+
+    def activation(spec: tuple[str, float | None, float | None], x: Any, dtype: str) -> Any:
+        name, alpha, beta = spec
+        name = name.lower()
+        if name == "sigmoid":
+            return R.sigmoid(x)
+        if name == "tanh":
+            return R.tanh(x)
+        if name == "relu":
+            return R.nn.relu(x)
+        if name == "hardsigmoid":
+            a, b = (0.2 if alpha is None else alpha), (0.5 if beta is None else beta)
+            return R.clip(R.add(R.multiply(const(a, dtype), x), const(b, dtype)), 0, 1)
+        if name == "leakyrelu":
+            return R.nn.leakyrelu(x, 0.01 if alpha is None else alpha)
+        raise ConverterError(f"recurrent activation {name!r} is not supported")
+
+    def rnn_common(bb: Any, inputs: list[Any], attr: dict[str, Any], gates: int, kind: str):  # type: ignore[no-untyped-def]
+        x, w, r = (bb.normalize(i) for i in inputs[:3])
+        b, seq_lens = opt(inputs, 3), opt(inputs, 4)
+        if seq_lens is not None:
+            if not isinstance(seq_lens, Constant):
+                raise ConverterError(f"{kind}: sequence_lens must be a constant")
+            lens = seq_lens.data.numpy()
+            seq_axis = 1 if attr.get("layout", 0) else 0
+            if not (lens == static_shape(x)[seq_axis]).all():
+                raise ConverterError(f"{kind}: variable sequence_lens are not supported")
+        if attr.get("clip") is not None:
+            raise ConverterError(f"{kind}: the clip attribute is not supported")
+        layout = int(attr.get("layout", 0))
+        if layout == 1:
+            x = bb.normalize(R.permute_dims(x, [1, 0, 2]))
+        seq, batch, _ = static_shape(x)
+        dirs, gh, _ = static_shape(w)
+        hidden = gh // gates
+        direction = attr.get("direction", "forward")
+        if isinstance(direction, bytes):
+            direction = direction.decode()
+        dtype = x.ty.dtype
+        return x, w, r, b, layout, seq, batch, dirs, hidden, direction, dtype
+
+    def run_directions(seq: int, dirs: int, direction: str, step_fn):  # type: ignore[no-untyped-def]
+        per_dir = []
+        for d in range(dirs):
+            reverse = direction == "reverse" or (direction == "bidirectional" and d == 1)
+            order = range(seq - 1, -1, -1) if reverse else range(seq)
+            per_dir.append(step_fn(d, list(order)))
+        return per_dir
+
+    def finish(per_dir: list[tuple[list[Any], list[Any]]], seq: int, layout: int) -> list[Any]:
+        """per_dir: [(h per time step in time order, [final states])] → Y, Y_h(, Y_c)."""
+        ys = []
+        for hs, _ in per_dir:
+            ys.append(R.stack(hs, axis=0))  # [seq, batch, H]
+        y = R.stack(ys, axis=1)  # [seq, dirs, batch, H]
+        finals = []
+        for k in range(len(per_dir[0][1])):
+            finals.append(R.stack([states[k] for _, states in per_dir], axis=0))
+        if layout == 1:
+            y = R.permute_dims(y, [2, 0, 1, 3])
+            finals = [R.permute_dims(f, [1, 0, 2]) for f in finals]
+        return [y, *finals]
+
+    def initial(inputs: list[Any], i: int, d: int, batch: int, hidden: int, dtype: str,
+                layout: int) -> Any:
+        v = opt(inputs, i)
+        if v is None:
+            return R.zeros((batch, hidden), dtype)
+        if layout == 1:
+            v = R.permute_dims(v, [1, 0, 2])
+        return take(v, d)
+
+    def projections(x: Any, w: Any, r: Any, b: Any, d: int, seq: int, batch: int, gh: int,
+                    dtype: str) -> tuple[Any, Any, Any | None]:
+        wd, rd = take(w, d), take(r, d)  # [G*H, in], [G*H, H]
+        xw = R.matmul(R.reshape(x, (seq * batch, -1)), R.permute_dims(wd, [1, 0]))
+        bias_r = None
+        if b is not None:
+            bd = take(b, d)  # [2*G*H]
+            bw = R.strided_slice(bd, [0], [0], [gh])
+            bias_r = R.strided_slice(bd, [0], [gh], [2 * gh])
+            xw = R.add(xw, bw)
+        xw = R.reshape(xw, (seq, batch, gh))
+        return xw, R.permute_dims(rd, [1, 0]), bias_r
+
+    def acts(attr: dict[str, Any], n: int, defaults: list[str], d: int):  # type: ignore[no-untyped-def]
+        names = [a.decode() if isinstance(a, bytes) else a for a in attr.get("activations", [])]
+        names = names[d * n:(d + 1) * n] if len(names) >= (d + 1) * n else defaults
+        alphas = list(attr.get("activation_alpha", [])) or [None] * len(names)
+        betas = list(attr.get("activation_beta", [])) or [None] * len(names)
+        return [(names[i], alphas[i] if i < len(alphas) else None,
+                 betas[i] if i < len(betas) else None) for i in range(n)]
+
+    class LSTM(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v7(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            x, w, r, b, layout, seq, batch, dirs, hidden, direction, dtype = rnn_common(
+                bb, inputs, attr, 4, "LSTM")
+            if int(attr.get("input_forget", 0)):
+                raise ConverterError("LSTM: input_forget=1 is not supported")
+            peep = opt(inputs, 7)
+
+            def step_fn(d: int, order: list[int]):  # type: ignore[no-untyped-def]
+                xw, rt, bias_r = projections(x, w, r, b, d, seq, batch, 4 * hidden, dtype)
+                f_act, g_act, h_act = acts(attr, 3, ["Sigmoid", "Tanh", "Tanh"], d)
+                h = initial(inputs, 5, d, batch, hidden, dtype, layout)
+                c = initial(inputs, 6, d, batch, hidden, dtype, layout)
+                pd = take(peep, d) if peep is not None else None
+                hs: dict[int, Any] = {}
+                for t in order:
+                    g = R.add(take(xw, t), R.matmul(h, rt))
+                    if bias_r is not None:
+                        g = R.add(g, bias_r)
+                    g = bb.emit(g)
+                    i_, o_, f_, c_ = (R.strided_slice(g, [1], [k * hidden], [(k + 1) * hidden])
+                                      for k in range(4))
+                    if pd is not None:
+                        p_i, p_o, p_f = (R.strided_slice(pd, [0], [k * hidden], [(k + 1) * hidden])
+                                         for k in range(3))
+                        i_ = R.add(i_, R.multiply(p_i, c))
+                        f_ = R.add(f_, R.multiply(p_f, c))
+                    i_ = activation(f_act, i_, dtype)
+                    f_ = activation(f_act, f_, dtype)
+                    c = bb.emit(R.add(R.multiply(f_, c), R.multiply(i_, activation(g_act, c_, dtype))))
+                    if pd is not None:
+                        o_ = R.add(o_, R.multiply(p_o, c))
+                    o_ = activation(f_act, o_, dtype)
+                    h = bb.emit(R.multiply(o_, activation(h_act, c, dtype)))
+                    hs[t] = h
+                return [hs[t] for t in range(seq)], [h, c]
+
+            return relax.Tuple(finish(run_directions(seq, dirs, direction, step_fn), seq, layout))
+
+    class GRU(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v7(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            x, w, r, b, layout, seq, batch, dirs, hidden, direction, dtype = rnn_common(
+                bb, inputs, attr, 3, "GRU")
+            lbr = int(attr.get("linear_before_reset", 0))
+
+            def step_fn(d: int, order: list[int]):  # type: ignore[no-untyped-def]
+                xw, rt, bias_r = projections(x, w, r, b, d, seq, batch, 3 * hidden, dtype)
+                f_act, g_act = acts(attr, 2, ["Sigmoid", "Tanh"], d)
+                h = initial(inputs, 5, d, batch, hidden, dtype, layout)
+                rz_t = R.strided_slice(rt, [1], [0], [2 * hidden])
+                rh_t = R.strided_slice(rt, [1], [2 * hidden], [3 * hidden])
+                rb_zr = rb_h = None
+                if bias_r is not None:
+                    rb_zr = R.strided_slice(bias_r, [0], [0], [2 * hidden])
+                    rb_h = R.strided_slice(bias_r, [0], [2 * hidden], [3 * hidden])
+                hs: dict[int, Any] = {}
+                for t in order:
+                    xt = take(xw, t)
+                    x_zr = R.strided_slice(xt, [1], [0], [2 * hidden])
+                    x_h = R.strided_slice(xt, [1], [2 * hidden], [3 * hidden])
+                    zr = R.add(x_zr, R.matmul(h, rz_t))
+                    if rb_zr is not None:
+                        zr = R.add(zr, rb_zr)
+                    zr = bb.emit(activation(f_act, zr, dtype))
+                    z = R.strided_slice(zr, [1], [0], [hidden])
+                    rg = R.strided_slice(zr, [1], [hidden], [2 * hidden])
+                    if lbr:
+                        hr = R.matmul(h, rh_t)
+                        if rb_h is not None:
+                            hr = R.add(hr, rb_h)
+                        cand = R.add(x_h, R.multiply(rg, hr))
+                    else:
+                        cand = R.add(x_h, R.matmul(R.multiply(rg, h), rh_t))
+                        if rb_h is not None:
+                            cand = R.add(cand, rb_h)
+                    cand = activation(g_act, cand, dtype)
+                    one = const(1.0, dtype)
+                    h = bb.emit(R.add(R.multiply(R.subtract(one, z), cand), R.multiply(z, h)))
+                    hs[t] = h
+                return [hs[t] for t in range(seq)], [h]
+
+            return relax.Tuple(finish(run_directions(seq, dirs, direction, step_fn), seq, layout))
+
+    class RNN(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v7(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            x, w, r, b, layout, seq, batch, dirs, hidden, direction, dtype = rnn_common(
+                bb, inputs, attr, 1, "RNN")
+
+            def step_fn(d: int, order: list[int]):  # type: ignore[no-untyped-def]
+                xw, rt, bias_r = projections(x, w, r, b, d, seq, batch, hidden, dtype)
+                [f_act] = acts(attr, 1, ["Tanh"], d)
+                h = initial(inputs, 5, d, batch, hidden, dtype, layout)
+                hs: dict[int, Any] = {}
+                for t in order:
+                    g = R.add(take(xw, t), R.matmul(h, rt))
+                    if bias_r is not None:
+                        g = R.add(g, bias_r)
+                    h = bb.emit(activation(f_act, g, dtype))
+                    hs[t] = h
+                return [hs[t] for t in range(seq)], [h]
+
+            return relax.Tuple(finish(run_directions(seq, dirs, direction, step_fn), seq, layout))
+
+    class Celu(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v12(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            x = inputs[0]
+            dtype = x.ty.dtype
+            alpha = const(float(attr.get("alpha", 1.0)), dtype)
+            neg = R.multiply(alpha, R.subtract(R.exp(R.divide(x, alpha)), const(1.0, dtype)))
+            return R.add(R.nn.relu(x), R.minimum(const(0.0, dtype), neg))
+
+    class Swish(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v24(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            x = inputs[0]
+            alpha = const(float(attr.get("alpha", 1.0)), x.ty.dtype)
+            return R.multiply(x, R.sigmoid(R.multiply(alpha, x)))
+
+    return {"LSTM": LSTM, "GRU": GRU, "RNN": RNN, "Celu": Celu, "Swish": Swish}
