@@ -8,13 +8,14 @@ hashing them, so no byte of an unverified library ever reaches ``dlopen``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -136,7 +137,7 @@ def read_manifest(source: str | os.PathLike[str] | IO[bytes], limits: Limits = L
     """Return (manifest, manifest bytes, signature bytes) without verifying anything.
 
     For inspection only: nothing returned here is trusted."""
-    with _open_tar(source, limits) as tar:
+    with _open_tar(source, limits) as tar, _tar_errors():
         members = _scan(tar, limits)
         for required in (MANIFEST, SIGNATURE):
             if required not in members:
@@ -144,6 +145,16 @@ def read_manifest(source: str | os.PathLike[str] | IO[bytes], limits: Limits = L
         mbytes = _read_member(tar, members[MANIFEST], limits.max_manifest_bytes)
         sbytes = _read_member(tar, members[SIGNATURE], limits.max_signature_bytes)
     return Manifest.from_json(mbytes), mbytes, sbytes
+
+
+@contextlib.contextmanager
+def _tar_errors() -> Iterator[None]:
+    """A damaged archive surfaces as ``tarfile.TarError`` at any read (the member scan, a member's
+    data): report it as :class:`ArchiveError`, never as a foreign exception."""
+    try:
+        yield
+    except tarfile.TarError as e:
+        raise ArchiveError(f"corrupt or truncated artifact archive: {e}") from e
 
 
 def _open_tar(source: str | os.PathLike[str] | IO[bytes], limits: Limits) -> tarfile.TarFile:
@@ -168,11 +179,8 @@ def open_artifact(source: str | os.PathLike[str], trusted: TrustedKeys,
     Order: archive structure → signature over the manifest bytes → manifest parse → each listed
     member extracted while hashing → size and sha256 compared. Members not in the manifest are
     refused. On any failure the partial extraction is removed."""
-    with _open_tar(source, limits) as tar:
-        try:
-            members = _scan(tar, limits)
-        except tarfile.TarError as e:
-            raise ArchiveError(f"corrupt artifact archive: {e}") from e
+    with _open_tar(source, limits) as tar, _tar_errors():
+        members = _scan(tar, limits)
         for required in (MANIFEST, SIGNATURE):
             if required not in members:
                 raise ArchiveError(f"the archive has no {required}: not an edgeforge artifact")

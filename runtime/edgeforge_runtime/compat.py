@@ -34,7 +34,7 @@ def check_compatible(manifest: Manifest, expected_profile: str | None = None,
             f"the artifact was built for profile {manifest.profile.name!r}, not "
             f"{expected_profile!r}"
         )
-    machine = arch or host_arch()
+    machine = _ARCH_ALIASES.get(arch.lower(), arch.lower()) if arch else host_arch()
     if _ARCH_ALIASES.get(manifest.profile.arch, manifest.profile.arch) != machine:
         raise ProfileMismatchError(
             f"the artifact was built for {manifest.profile.arch} (profile "

@@ -62,7 +62,8 @@ def _obj(value: Any, where: str) -> dict[str, Any]:
 
 def valid_member_name(name: str) -> bool:
     """Archive member names are single, plain path components (no directories, no dot-files)."""
-    return bool(_MEMBER_RE.match(name)) and name not in {".", ".."}
+    # fullmatch, not match: "$" also matches before a trailing newline.
+    return bool(_MEMBER_RE.fullmatch(name)) and name not in {".", ".."}
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ class FileEntry:
             raise ManifestError(f"manifest: {where}.path {path!r} is not a plain member name")
         size = _req(d, "size", int, where)
         sha = _req(d, "sha256", str, where)
-        if size < 0 or not _SHA256_RE.match(sha):
+        if size < 0 or not _SHA256_RE.fullmatch(sha):
             raise ManifestError(f"manifest: {where} has an invalid size or sha256")
         return cls(path=path, size=size, sha256=sha)
 
@@ -216,7 +217,8 @@ class Manifest:
         if d.get("format") != FORMAT_NAME:
             raise ManifestError(f"not an edgeforge manifest (format={d.get('format')!r})")
         version = d.get("format_version")
-        if version != FORMAT_VERSION:
+        # type() rather than ==: JSON true and 1.0 compare equal to 1 in Python.
+        if type(version) is not int or version != FORMAT_VERSION:
             raise ManifestError(
                 f"manifest format version {version!r} is not supported by this runtime "
                 f"(supports {FORMAT_VERSION}); upgrade edgeforge-runtime"
@@ -237,6 +239,9 @@ class Manifest:
         library = _req(d, "library", str, "manifest")
         if library not in names:
             raise ManifestError(f"manifest: library {library!r} is not among the listed files")
+        entry = d.get("entry", "main")
+        if not isinstance(entry, str) or not entry:
+            raise ManifestError("manifest: entry must be a non-empty string")
         return cls(
             format=FORMAT_NAME,
             format_version=FORMAT_VERSION,
@@ -244,7 +249,7 @@ class Manifest:
             profile=ProfileInfo.from_dict(_req(d, "profile", dict, "manifest")),
             abi=dict(abi),
             library=library,
-            entry=d.get("entry", "main"),
+            entry=entry,
             inputs=tuple(
                 TensorSpec.from_dict(t, f"inputs[{i}]")
                 for i, t in enumerate(_req(d, "inputs", list, "manifest"))

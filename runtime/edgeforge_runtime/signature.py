@@ -95,19 +95,21 @@ class TrustedKeys:
     def verify(self, message: bytes, signatures: list[Signature]) -> list[str]:
         """Return the keyids whose valid signatures meet the threshold, or raise."""
         good: set[str] = set()
-        seen_untrusted = False
+        seen_trusted = False
         for s in signatures:
             key = self._keys.get(s.keyid)
             if key is None:
-                seen_untrusted = True
                 continue
+            seen_trusted = True
             if s.alg != ALGORITHM:
                 raise SignatureError(f"unsupported signature algorithm {s.alg!r}")
             if key.verify(s.sig, message):
                 good.add(s.keyid)
         if len(good) >= self.threshold:
             return sorted(good)
-        if good or not seen_untrusted:
+        # Untrusted only when no signature claims a trusted key: an invalid signature by a trusted
+        # key means the manifest or its signature was modified, whatever else signed it.
+        if seen_trusted:
             raise SignatureError(
                 f"the manifest signature is invalid ({len(good)} valid of {self.threshold} "
                 "required): the manifest or its signature was modified"
