@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from ._build import BuildRequest
-from .exceptions import EdgeforgeError
+from .exceptions import EdgeforgeError, TransientError
 from .packaging import artifact_name, package, sha256_file
 from .prepasses import FoldStats, fold_constants
 from .profiles import Profile, ProfileRegistry, load_profiles
@@ -151,6 +151,8 @@ def _one(validated: ValidatedModel, folded: tuple[bytes, FoldStats], spec: Compi
             size=path.stat().st_size, verified=verification.verified,
             verification=verification.__dict__, timings={k: round(v, 3) for k, v in timings.items()},
         )
+    except TransientError:
+        raise  # throttling, timeouts: the caller retries (SQS redelivers)
     except EdgeforgeError as e:
         say(profile.name, "failed")
         logger.info("profile %s failed: %s", profile.name, e)

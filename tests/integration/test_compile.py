@@ -11,12 +11,12 @@ import tarfile
 import numpy as np
 import onnxruntime as ort
 import pytest
-from edgeforge_runtime import InferenceSession, read_manifest
 
 from compiler import samples
 from compiler.pipeline import compile_model
 from compiler.spec import CompileSpec
 from compiler.toolchain import emulator_for
+from edgeforge_runtime import InferenceSession, read_manifest
 
 
 def _compile(data, profiles, tmp_path, worker, signer, **spec):

@@ -1,10 +1,10 @@
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from compiler.publish import next_index, signed_index
 from edgeforge_runtime.repository import parse_index
 from edgeforge_runtime.signature import TrustedKeys
 
-NOW = datetime(2026, 11, 24, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 24, tzinfo=UTC)
 
 
 def _next(current, model_version, sha):

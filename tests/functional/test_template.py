@@ -1,0 +1,124 @@
+"""template.yaml: linted offline (cfn-lint, sam validate --lint), and consistent with the code
+and the sample events (environment variables, queue settings, event filters)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aws_stack import EVENTS, ROOT
+
+from compiler.storage import parse_s3_notifications
+
+yaml = pytest.importorskip("yaml")  # moto[server] brings PyYAML
+
+TEMPLATE = ROOT / "template.yaml"
+LINT = ROOT / "scripts" / "lint_template.sh"
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """Reads CloudFormation short-form tags (!Ref, !Sub, !GetAtt…) as {"Fn": value}."""
+
+
+def _tag(loader: Any, suffix: str, node: Any) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {suffix: value}
+
+
+_CfnLoader.add_multi_constructor("!", _tag)
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return yaml.load(TEMPLATE.read_text("utf-8"), Loader=_CfnLoader)
+
+
+def test_template_passes_cfn_lint_and_sam_validate():
+    setup = subprocess.run(["bash", str(LINT), "--setup-only"], capture_output=True, text=True,
+                           timeout=900, check=False)
+    if setup.returncode != 0:
+        pytest.skip("the aws-sam-cli/cfn-lint venv (.cache/sam-venv) could not be created: "
+                    + (setup.stderr.strip().splitlines() or ["no output"])[-1])
+    lint = subprocess.run(["bash", str(LINT)], capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_queue_settings_follow_the_lambda_guidance(template):
+    params, res = template["Parameters"], template["Resources"]
+    queue = res["CompileQueue"]["Properties"]
+    assert queue["VisibilityTimeout"] >= 6 * params["CompileTimeout"]["MaxValue"]
+    assert queue["RedrivePolicy"]["maxReceiveCount"] == 3
+    assert params["CompileTimeout"]["MaxValue"] <= 900
+    assert params["CompileMemory"]["MaxValue"] <= 10240
+    event = res["CompileFunction"]["Properties"]["Events"]["CompileRequested"]["Properties"]
+    assert event["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert event["BatchSize"] == 1
+
+
+def test_signing_key_and_buckets(template):
+    res = template["Resources"]
+    key = res["SigningKey"]["Properties"]
+    assert (key["KeySpec"], key["KeyUsage"]) == ("ECC_NIST_P256", "SIGN_VERIFY")
+    for name in ("ModelsBucket", "ArtifactsBucket"):
+        props = res[name]["Properties"]
+        assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+        assert all(props["PublicAccessBlockConfiguration"].values())
+        assert props["BucketEncryption"]
+    kms = [s for p in res["CompileFunction"]["Properties"]["Policies"]
+           if isinstance(p, dict) and "Statement" in p for s in p["Statement"]
+           if "kms:Sign" in s.get("Action", [])]
+    assert kms == [{"Sid": "SignManifests", "Effect": "Allow",
+                    "Action": ["kms:Sign", "kms:GetPublicKey"],
+                    "Resource": {"GetAtt": "SigningKey.Arn"}}]
+
+
+def test_ingest_trigger_matches_the_key_layout(template):
+    from compiler.jobs import MODEL_SUFFIX, MODELS_PREFIX
+
+    s3 = template["Resources"]["IngestFunction"]["Properties"]["Events"]["ModelUploaded"]
+    rules = {r["Name"]: r["Value"] for r in s3["Properties"]["Filter"]["S3Key"]["Rules"]}
+    assert rules == {"prefix": MODELS_PREFIX, "suffix": MODEL_SUFFIX}
+
+
+@pytest.mark.parametrize(("function", "module"), [("IngestFunction", "functions.ingest.app"),
+                                                  ("CompileFunction", "functions.compile.app")])
+def test_environment_matches_the_settings(template, function, module):
+    """Every EDGEFORGE_* variable the template sets is a settings field, and every required
+    settings field is set (globals included)."""
+    import ast
+
+    source = (ROOT / Path(*module.split("."))).with_suffix(".py").read_text("utf-8")
+    tree = ast.parse(source)
+    [cls] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name.endswith("Settings")]
+    fields = {n.target.id: n.value is not None for n in cls.body  # name -> has a default
+              if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+    env = dict(template["Globals"]["Function"]["Environment"]["Variables"])
+    env.update(template["Resources"][function]["Properties"]["Environment"]["Variables"])
+    ours = {k.removeprefix("EDGEFORGE_").lower() for k in env if k.startswith("EDGEFORGE_")}
+    assert ours <= set(fields), ours - set(fields)
+    required = {name for name, has_default in fields.items() if not has_default}
+    assert required <= ours, required - ours
+
+
+def test_sample_events_parse():
+    names = sorted(p.name for p in EVENTS.glob("*.json"))
+    assert {"ingest-s3-put.json", "ingest-sqs-s3-put.json", "ingest-s3-test-event.json",
+            "compile-sqs.json"} <= set(names)
+    for name in names:
+        json.loads((EVENTS / name).read_text("utf-8"))
+    [put] = parse_s3_notifications(json.loads((EVENTS / "ingest-s3-put.json").read_text()))
+    [wrapped] = parse_s3_notifications(json.loads((EVENTS / "ingest-sqs-s3-put.json").read_text()))
+    assert put == wrapped and put.key == "models/tiny/tiny.onnx"
+    [uni] = parse_s3_notifications(json.loads((EVENTS / "ingest-s3-put-unicode.json").read_text()))
+    assert uni.key == "models/my model/modèle v2.onnx"
+    assert parse_s3_notifications(
+        json.loads((EVENTS / "ingest-s3-test-event.json").read_text())) == []
