@@ -49,6 +49,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgeforge_runtime.repository import index_path
+
 from .exceptions import (
     EdgeforgeError,
     ModelTooLargeError,
@@ -58,6 +60,7 @@ from .exceptions import (
 )
 from .pipeline import ProfileResult, compile_model
 from .profiles import ProfileRegistry, load_profiles
+from .publish import next_index, signed_index
 from .signing import Signer
 from .spec import CompileOptions, CompileSpec
 from .storage import (
@@ -215,12 +218,22 @@ def rejected_report_key(raw_key: str) -> str:
     return f"{MODELS_PREFIX}_rejected/{digest}.report.json"
 
 
+#: Prefix of the device repository in the artifacts bucket: devices use
+#: ``https://<bucket endpoint>/artifacts/`` as their repository base URL.
+ARTIFACTS_PREFIX = "artifacts/"
+
+
 def artifact_key(model_name: str, version: int, profile: str) -> str:
-    return f"artifacts/{model_name}/{version}/{profile}.efa"
+    return f"{ARTIFACTS_PREFIX}{model_name}/{version}/{profile}.efa"
 
 
 def artifact_report_key(model_name: str, version: int, profile: str) -> str:
-    return f"artifacts/{model_name}/{version}/{profile}.report.json"
+    return f"{ARTIFACTS_PREFIX}{model_name}/{version}/{profile}.report.json"
+
+
+def index_key(model_name: str, profile: str) -> str:
+    """The signed repository index devices poll for (model, profile)."""
+    return ARTIFACTS_PREFIX + index_path(model_name, profile)
 
 
 def _now_iso() -> str:
@@ -841,6 +854,7 @@ class CompileRunner:
             existing = self.store.head(bucket, akey)
             result = result.model_copy(update={"sha256": existing.metadata.get("sha256"),
                                                "size": existing.size})
+        self._publish_index(m, result)
         status = ProfileStatus(status="ok", artifact=_s3_uri(bucket, akey), sha256=result.sha256,
                                size=result.size, verified=result.verified,
                                verification=result.verification, report=_s3_uri(bucket, rkey))
@@ -859,6 +873,24 @@ class CompileRunner:
         return JobOutcome(status="published", model_name=m.model_name, version=m.version,
                           profile=m.profile, artifact_key=akey, report_key=rkey,
                           verified=result.verified)
+
+    def _publish_index(self, m: CompileMessage, result: ProfileResult) -> None:
+        """Point the signed repository index for (model, profile) at this artifact, unless a
+        newer version is already current. Conditional writes: racing publishers never lose an
+        update and the index version never goes back."""
+        assert result.sha256 is not None and result.size is not None
+        akey = artifact_key(m.model_name, m.version, m.profile)
+
+        def mutate(current: Any | None) -> Any | None:
+            envelope = json.dumps(current).encode() if current is not None else None
+            index = next_index(envelope, model=m.model_name, profile=m.profile,
+                               model_version=str(m.version),
+                               artifact_path=akey.removeprefix(ARTIFACTS_PREFIX),
+                               size=int(result.size or 0), sha256=str(result.sha256))
+            return None if index is None else json.loads(signed_index(index, self.signer))
+
+        self.store.update_json(self.config.artifacts_bucket, index_key(m.model_name, m.profile),
+                               mutate)
 
     def _fail(self, m: CompileMessage, result: ProfileResult) -> JobOutcome:
         rkey = artifact_report_key(m.model_name, m.version, m.profile)

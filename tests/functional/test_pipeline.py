@@ -20,6 +20,7 @@ from aws_stack import (
 
 from compiler.jobs import CompileMessage
 from edgeforge_runtime import InferenceSession, TrustedKeys, UntrustedKeyError, read_manifest
+from edgeforge_runtime.client import FetcherInterface, RepositoryClient
 
 
 def _ingest(stack: Stack, key: str, data: bytes, spec: dict) -> list[dict]:
@@ -49,7 +50,8 @@ def test_upload_to_signed_artifacts_that_run(compiling_stack: Stack, tmp_path):
 
     assert stack.keys(ARTIFACTS_BUCKET) == [
         "artifacts/tiny/1/aarch64.efa", "artifacts/tiny/1/aarch64.report.json",
-        "artifacts/tiny/1/x86_64.efa", "artifacts/tiny/1/x86_64.report.json"]
+        "artifacts/tiny/1/x86_64.efa", "artifacts/tiny/1/x86_64.report.json",
+        "artifacts/tiny/aarch64/index.json", "artifacts/tiny/x86_64/index.json"]
 
     # the device trusts exactly the DER public key KMS hands out
     der = stack.kms.get_public_key(KeyId=stack.key_id)["PublicKey"]
@@ -67,6 +69,17 @@ def test_upload_to_signed_artifacts_that_run(compiling_stack: Stack, tmp_path):
         None, {"input": x})
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
     assert sess.manifest.verification.verified and sess.manifest.verification.method == "native"
+
+    # a device pulls through the signed repository index (no AWS credentials involved)
+    class S3Fetcher(FetcherInterface):
+        def fetch(self, url: str, max_bytes: int) -> bytes:
+            key = "artifacts/" + url.removeprefix("s3repo://artifacts/")
+            return stack.s3.get_object(Bucket=ARTIFACTS_BUCKET, Key=key)["Body"].read()
+
+    client = RepositoryClient("s3repo://artifacts/", trusted, "x86_64", tmp_path / "cache",
+                              fetcher=S3Fetcher())
+    pulled = client.update("tiny")
+    assert pulled.read_bytes() == local.read_bytes() and client.trusted_version("tiny") == 1
 
     # aarch64: signed and well-formed; verified under qemu only where the sysroot exists
     arm = tmp_path / "tiny-aarch64.efa"
