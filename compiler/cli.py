@@ -125,7 +125,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         model_name=name, model_version=args.version, profiles=args.profile,
         input_shapes=_shapes(args.input_shape),
         options=CompileOptions(verify=not args.no_verify, tune_trials=args.tune_trials,
-                               tolerance=args.tolerance),
+                               tolerance=args.tolerance, tuning_db=args.tuning_db),
     )
     start = time.monotonic()
     stamps: dict[str, float] = {}
@@ -200,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max |a-b|/(|b|+1) against onnxruntime (default 1e-3)")
     p.add_argument("--tune-trials", type=int, default=0,
                    help="MetaSchedule tuning trials (0 = fast default schedules)")
+    p.add_argument("--tuning-db", metavar="DIR",
+                   help="tuning database reused across models and runs (default: "
+                   "$EDGEFORGE_TUNING_DB or ~/.cache/edgeforge/tuning-db)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per profile build")
     p.add_argument("--memory-limit-mb", type=int, default=12288,
                    help="resident memory bound of the compiler process")

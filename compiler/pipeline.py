@@ -26,7 +26,17 @@ from .worker import CompileWorker
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CompileReport", "ProfileResult", "compile_model"]
+__all__ = ["CompileReport", "ProfileResult", "compile_model", "tuning_db"]
+
+
+def tuning_db(configured: str | None = None) -> Path:
+    """The tuning database directory: the spec's, ``$EDGEFORGE_TUNING_DB``, or the user cache."""
+    import os
+
+    if configured:
+        return Path(configured)
+    env = os.environ.get("EDGEFORGE_TUNING_DB")
+    return Path(env) if env else Path.home() / ".cache" / "edgeforge" / "tuning-db"
 
 #: progress(profile, stage) with stage in validate/import/compile/export/verify/sign/done/failed
 Progress = Callable[[str, str], None]
@@ -105,6 +115,7 @@ def _one(validated: ValidatedModel, folded: tuple[bytes, FoldStats], spec: Compi
                 model_bytes=build_bytes, target=profile.target, cc=cc,
                 out_path=str(Path(tmp) / "model.so"), cuda_arch=profile.cuda_arch,
                 opt_level=spec.options.opt_level, tune_trials=spec.options.tune_trials,
+                database_dir=str(tuning_db(spec.options.tuning_db)),
             )
             t0 = time.perf_counter()
             built = worker.build(request, progress=lambda stage: say(profile.name, stage))
@@ -132,6 +143,8 @@ def _one(validated: ValidatedModel, folded: tuple[bytes, FoldStats], spec: Compi
             compile_info = {
                 "options": spec.options.model_dump(),
                 "input_shapes": spec.input_shapes,
+                "tuning": {"trials": spec.options.tune_trials,
+                           "database": tuning_db(spec.options.tuning_db).name},
                 "profile_revision": profile.revision,
                 "kernels": built.kernels,
                 "prepasses": {"folded_nodes": stats.folded_nodes, "inlined_ifs": stats.inlined_ifs},

@@ -28,6 +28,10 @@ class CompileOptions(BaseModel):
     tolerance: float = Field(default=1e-3, gt=0)
     #: Seed of the random verification inputs (recorded; makes verification repeatable).
     seed: int = 0
+    #: Tuning database directory (MetaSchedule JSONDatabase per target): schedules timed or
+    #: tuned by earlier builds, of any model, are reused; new results are added. None = the
+    #: default, ``$EDGEFORGE_TUNING_DB`` or ``~/.cache/edgeforge/tuning-db``.
+    tuning_db: str | None = None
 
 
 class CompileSpec(BaseModel):

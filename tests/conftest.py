@@ -11,6 +11,20 @@ from compiler import samples
 from compiler.signing import LocalKeySigner, generate_key
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _tuning_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A fresh tuning database per test session (never the user's cache)."""
+    import os
+
+    old = os.environ.get("EDGEFORGE_TUNING_DB")
+    os.environ["EDGEFORGE_TUNING_DB"] = str(tmp_path_factory.mktemp("tuning-db"))
+    yield
+    if old is None:
+        os.environ.pop("EDGEFORGE_TUNING_DB", None)
+    else:
+        os.environ["EDGEFORGE_TUNING_DB"] = old
+
+
 @pytest.fixture(scope="session")
 def keypair(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalKeySigner, Path]:
     d = tmp_path_factory.mktemp("keys")
