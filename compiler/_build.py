@@ -27,6 +27,8 @@ class BuildRequest:
     opt_level: int = 3
     tune_trials: int = 0
     database_dir: str | None = None
+    #: Overrides of compiler.optimize.DEFAULT_OPTIONS (e.g. {"measure": False} for fast builds).
+    optimize: dict[str, Any] | None = None
 
 
 @dataclass
@@ -101,6 +103,7 @@ def build(req: BuildRequest, progress: Callable[[str], None]) -> BuildResult:
             executable = build_cpu(
                 mod, target, tune_trials=req.tune_trials,
                 database_dir=Path(req.database_dir) if req.database_dir else None,
+                options=req.optimize,
             )
     except CompileError:
         raise
