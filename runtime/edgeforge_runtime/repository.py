@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from .exceptions import ManifestError, RepositoryError, RollbackError
@@ -50,7 +50,7 @@ def _parse_time(value: Any, field: str) -> datetime:
         t = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as e:
         raise ManifestError(f"index: {field} {value!r} is not ISO-8601") from e
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def parse_index(data: bytes, trusted: TrustedKeys, model: str, profile: str,
             or ".." in art["path"].split("/")):
         raise ManifestError("index: invalid version or artifact reference")
     expires = _parse_time(signed.get("expires"), "expires")
-    if expires <= (now or datetime.now(UTC)):
+    if expires <= (now or datetime.now(timezone.utc)):
         raise RepositoryError(
             f"the repository index for {model}/{profile} expired at {signed['expires']}: the "
             "repository may be frozen or replayed; refusing it")

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+
 from edgeforge_runtime.client import FetcherInterface, RepositoryClient
 from edgeforge_runtime.exceptions import (
     DigestMismatchError,
