@@ -52,6 +52,7 @@ def _summary(report: CompileReport) -> None:
 
 def _device(report: CompileReport, model: bytes, public_key: Path) -> int:
     import onnxruntime as ort
+
     from edgeforge_runtime import InferenceSession, host_arch
 
     host = next((r for r in report.results if r.status == "ok" and r.profile.startswith(

@@ -11,6 +11,7 @@ from pathlib import Path
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
 from edgeforge_runtime.signature import ALGORITHM, Signature
 
 from .exceptions import PermanentError

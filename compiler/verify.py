@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
 from edgeforge_runtime.manifest import Verification
 
 from .exceptions import VerificationError
