@@ -56,9 +56,21 @@ def _cases() -> list[Any]:
 
 def _io(case: Any) -> tuple[dict[str, Any], list[Any]] | None:
     import numpy as np
+    from onnx import TensorProto, numpy_helper
 
-    inputs, expected = case.data_sets[0]
-    if not all(isinstance(a, np.ndarray) for a in [*inputs, *expected]):
+    def array(a: Any) -> Any:
+        if isinstance(a, TensorProto):
+            try:
+                return numpy_helper.to_array(a)
+            except Exception:
+                return None
+        if isinstance(a, np.generic):
+            return np.asarray(a)
+        return a if isinstance(a, np.ndarray) else None
+
+    raw_in, raw_out = case.data_sets[0]
+    inputs, expected = [array(a) for a in raw_in], [array(a) for a in raw_out]
+    if any(a is None for a in [*inputs, *expected]):
         return None
     inits = {t.name for t in case.model.graph.initializer}
     names = [i.name for i in case.model.graph.input if i.name not in inits]

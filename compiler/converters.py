@@ -16,6 +16,10 @@ from typing import Any
 __all__ = ["EXTRA_OPS", "install"]
 
 EXTRA_OPS = frozenset({"LSTM", "GRU", "RNN", "Celu", "Swish"})
+#: Operators TVM converts, whose converters edgeforge wraps to cover more of the ONNX spec:
+#: ai.onnx Attention (opset 23+: heads from the input shapes, GQA, causal, masks, past KV),
+#: LayerNormalization (the Mean and InvStdDev outputs).
+WRAPPED_OPS = frozenset({"Attention", "LayerNormalization"})
 
 _installed: dict[str, bool] = {}
 
@@ -28,11 +32,13 @@ def install() -> None:
 
     original = fe._get_convert_map
     extra = _converters(fe.OnnxOpConverter)
+    wrapped = _wrappers(fe.OnnxOpConverter, original())
 
     def convert_map() -> dict[str, Any]:
         table = original()
         for name, conv in extra.items():
             table.setdefault(name, conv)
+        table.update(wrapped)
         return table
 
     fe._get_convert_map = convert_map
@@ -275,3 +281,127 @@ def _converters(base: type) -> dict[str, type]:
             return R.multiply(x, R.sigmoid(R.multiply(alpha, x)))
 
     return {"LSTM": LSTM, "GRU": GRU, "RNN": RNN, "Celu": Celu, "Swish": Swish}
+
+
+def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
+    import math
+
+    from tvm import relax
+    from tvm.relax import op as R
+
+    tvm_attention = tvm_table["Attention"]
+    tvm_layernorm = tvm_table["LayerNormalization"]
+
+    def shape_of(bb: Any, x: Any) -> list[int]:
+        return [int(d) for d in bb.normalize(x).ty.shape.values]
+
+    def dtype_of(bb: Any, x: Any) -> str:
+        return str(bb.normalize(x).ty.dtype)
+
+    class Attention(base):  # type: ignore[misc, valid-type]
+        """ai.onnx Attention (opset 23/24); com.microsoft Attention (num_heads) goes to TVM."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                if "num_heads" in attr:
+                    return tvm_attention.get_converter(opset)(bb, inputs, attr, params)
+                return cls._onnx(bb, inputs, attr)
+            return convert
+
+        @classmethod
+        def _onnx(cls, bb, inputs, attr):  # type: ignore[no-untyped-def]
+            def opt(i: int) -> Any:
+                return inputs[i] if len(inputs) > i and inputs[i] is not None else None
+
+            known = {"is_causal", "kv_num_heads", "q_num_heads", "qk_matmul_output_mode", "scale",
+                     "softcap", "softmax_precision", "tvm_custom"}
+            unknown = sorted(set(attr) - known)
+            if unknown:
+                raise ConverterError(f"Attention: attributes {unknown} are not supported")
+            q, k, v = inputs[0], inputs[1], inputs[2]
+            mask, past_k, past_v = opt(3), opt(4), opt(5)
+            if opt(6) is not None:
+                raise ConverterError("Attention: nonpad_kv_seqlen is not supported")
+            dtype = dtype_of(bb, q)
+            three_d = len(shape_of(bb, q)) == 3
+
+            def heads_4d(x: Any, n: Any) -> Any:
+                b, s_, hidden = shape_of(bb, x)
+                if not n:
+                    raise ConverterError("Attention: 3-D inputs need q_num_heads/kv_num_heads")
+                return bb.normalize(R.permute_dims(R.reshape(x, (b, s_, int(n), hidden // int(n))),
+                                                   [0, 2, 1, 3]))
+
+            if three_d:
+                q = heads_4d(q, attr.get("q_num_heads"))
+                k = heads_4d(k, attr.get("kv_num_heads"))
+                v = heads_4d(v, attr.get("kv_num_heads"))
+            if past_k is not None:
+                k = bb.normalize(R.concat([past_k, k], axis=2))
+            if past_v is not None:
+                v = bb.normalize(R.concat([past_v, v], axis=2))
+            present_k, present_v = k, v
+            b, qh, sq, hd = shape_of(bb, q)
+            kh, skv = shape_of(bb, k)[1], shape_of(bb, k)[2]
+            if qh != kh:
+                if qh % kh:
+                    raise ConverterError("Attention: q heads must be a multiple of kv heads")
+                k = R.repeat(k, qh // kh, axis=1)
+                v = R.repeat(v, qh // kh, axis=1)
+            scale = attr.get("scale")
+            scale = float(scale) if scale is not None else 1.0 / math.sqrt(hd)
+            scores = R.multiply(R.matmul(q, R.permute_dims(k, [0, 1, 3, 2])),
+                                relax.const(scale, dtype))
+            qk_raw = scores
+            neg = relax.const(float("-inf"), dtype)
+            if mask is not None:
+                mdtype = dtype_of(bb, mask)
+                scores = R.where(mask, scores, neg) if mdtype == "bool" else R.add(scores, mask)
+            if int(attr.get("is_causal", 0)):
+                import numpy as np
+
+                # ONNX aligns the causal mask upper-left: query i sees keys 0..i.
+                allowed = np.tril(np.ones((sq, skv), dtype=bool))
+                scores = R.where(relax.const(allowed), scores, neg)
+            softcap = float(attr.get("softcap", 0.0) or 0.0)
+            if softcap > 0:
+                cap = relax.const(softcap, dtype)
+                scores = R.multiply(cap, R.tanh(R.divide(scores, cap)))
+            probs = R.nn.softmax(scores, axis=-1)
+            # A fully masked row is all -inf: softmax gives NaN, ONNX wants zeros.
+            probs = R.where(R.isnan(probs), relax.const(0.0, dtype), probs)
+            y = R.matmul(probs, v)
+            if three_d:
+                vh = shape_of(bb, v)[3]
+                y = R.reshape(R.permute_dims(y, [0, 2, 1, 3]), (b, sq, qh * vh))
+            mode = int(attr.get("qk_matmul_output_mode", 0))
+            qk_out = {0: qk_raw, 1: scores, 2: scores, 3: probs}.get(mode, qk_raw)
+            return relax.Tuple([y, present_k, present_v, qk_out])
+
+    class LayerNormalization(base):  # type: ignore[misc, valid-type]
+        """TVM's converter returns placeholders for Mean and InvStdDev; compute them."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            inner = tvm_layernorm.get_converter(opset)
+
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                out = inner(bb, inputs, attr, params)
+                if not isinstance(out, relax.Tuple):
+                    return out
+                x = inputs[0]
+                ndim = len(shape_of(bb, x))
+                axis = int(attr.get("axis", -1))
+                axis = axis + ndim if axis < 0 else axis
+                axes = list(range(axis, ndim))
+                dtype = dtype_of(bb, x)
+                eps = relax.const(float(attr.get("epsilon", 1e-5)), dtype)
+                mean = R.mean(x, axes, keepdims=True)
+                var = R.mean(R.square(R.subtract(x, mean)), axes, keepdims=True)
+                inv_std = R.rsqrt(R.add(var, eps))
+                return relax.Tuple([out[0], mean, inv_std])
+
+            return convert
+
+    return {"Attention": Attention, "LayerNormalization": LayerNormalization}

@@ -124,7 +124,7 @@ def _dims(vi: onnx.ValueInfoProto) -> list[int | str | None]:
         return [None]
     out: list[int | str | None] = []
     for d in t.shape.dim:
-        if d.HasField("dim_value") and d.dim_value > 0:
+        if d.HasField("dim_value") and d.dim_value >= 0:
             out.append(d.dim_value)
         elif d.HasField("dim_param"):
             out.append(d.dim_param)
