@@ -10,6 +10,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 log() { printf '[setup] %s\n' "$*" >&2; }
+# pip, quietly: this machine's pip config names local indexes that may not exist.
+pipq() { .venv/bin/python -m pip -q "$@" 2> >(grep -v -e "^WARNING: Location" -e "BuildBackendWarning" >&2); }
 
 # --- system packages -------------------------------------------------------------------------
 APT_PKGS=(g++ binutils g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user python3-venv)
@@ -34,8 +36,8 @@ STAMP=.venv/.edgeforge-deps
 WANT="$(cat pyproject.toml runtime/pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [[ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]]; then
   log "installing Python packages into .venv (apache-tvm is ~100 MB; first run takes a few minutes)"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ./runtime -e '.[dev,tune]'
+  pipq install --upgrade pip
+  pipq install -e ./runtime -e '.[dev,tune]'
   echo "$WANT" > "$STAMP"
 fi
 
@@ -43,7 +45,7 @@ fi
 if ! command -v nvcc >/dev/null 2>&1 && [[ ! -x /usr/local/cuda/bin/nvcc ]] \
    && ! ls .venv/lib/python3*/site-packages/nvidia/*/bin/nvcc >/dev/null 2>&1; then
   log "installing nvcc from PyPI (nvidia-cuda-nvcc) for CUDA profiles"
-  .venv/bin/python -m pip install -q nvidia-cuda-nvcc nvidia-cuda-crt nvidia-cuda-runtime \
+  pipq install nvidia-cuda-nvcc nvidia-cuda-crt nvidia-cuda-runtime \
     || log "warning: nvcc could not be installed; CUDA profiles will report a toolchain error"
 fi
 
