@@ -15,7 +15,7 @@ from typing import Any
 
 __all__ = ["EXTRA_OPS", "install"]
 
-EXTRA_OPS = frozenset({"LSTM", "GRU", "RNN", "Celu", "Swish"})
+EXTRA_OPS = frozenset({"LSTM", "GRU", "RNN", "Celu", "Swish", "CumProd", "LpNormalization"})
 #: Operators TVM converts, whose converters edgeforge wraps to cover more of the ONNX spec:
 #: ai.onnx Attention (opset 23+: heads from the input shapes, GQA, causal, masks, past KV),
 #: LayerNormalization (the Mean and InvStdDev outputs).
@@ -51,8 +51,9 @@ class ConverterError(ValueError):
 
 def _converters(base: type) -> dict[str, type]:
     from tvm import relax
-    from tvm.ir.expr import Constant
+    from tvm.ir import GenericConst as Constant
     from tvm.relax import op as R
+    from tvm.relax.frontend.onnx.onnx_frontend import get_constant
 
     def const(value: float, dtype: str) -> Any:
         return relax.const(value, dtype)
@@ -82,13 +83,16 @@ def _converters(base: type) -> dict[str, type]:
             return R.nn.leakyrelu(x, 0.01 if alpha is None else alpha)
         raise ConverterError(f"recurrent activation {name!r} is not supported")
 
-    def rnn_common(bb: Any, inputs: list[Any], attr: dict[str, Any], gates: int, kind: str):  # type: ignore[no-untyped-def]
+    def rnn_common(bb: Any, inputs: list[Any], attr: dict[str, Any], gates: int, kind: str,
+                   params: Any = None):  # type: ignore[no-untyped-def]
         x, w, r = (bb.normalize(i) for i in inputs[:3])
         b, seq_lens = opt(inputs, 3), opt(inputs, 4)
         if seq_lens is not None:
+            seq_lens = get_constant(seq_lens, params)
+        if seq_lens is not None:
             if not isinstance(seq_lens, Constant):
                 raise ConverterError(f"{kind}: sequence_lens must be a constant")
-            lens = seq_lens.data.numpy()
+            lens = seq_lens.value.numpy()
             seq_axis = 1 if attr.get("layout", 0) else 0
             if not (lens == static_shape(x)[seq_axis]).all():
                 raise ConverterError(f"{kind}: variable sequence_lens are not supported")
@@ -162,7 +166,7 @@ def _converters(base: type) -> dict[str, type]:
         @classmethod
         def _impl_v7(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
             x, w, r, b, layout, seq, batch, dirs, hidden, direction, dtype = rnn_common(
-                bb, inputs, attr, 4, "LSTM")
+                bb, inputs, attr, 4, "LSTM", params)
             if int(attr.get("input_forget", 0)):
                 raise ConverterError("LSTM: input_forget=1 is not supported")
             peep = opt(inputs, 7)
@@ -202,7 +206,7 @@ def _converters(base: type) -> dict[str, type]:
         @classmethod
         def _impl_v7(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
             x, w, r, b, layout, seq, batch, dirs, hidden, direction, dtype = rnn_common(
-                bb, inputs, attr, 3, "GRU")
+                bb, inputs, attr, 3, "GRU", params)
             lbr = int(attr.get("linear_before_reset", 0))
 
             def step_fn(d: int, order: list[int]):  # type: ignore[no-untyped-def]
@@ -247,7 +251,7 @@ def _converters(base: type) -> dict[str, type]:
         @classmethod
         def _impl_v7(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
             x, w, r, b, layout, seq, batch, dirs, hidden, direction, dtype = rnn_common(
-                bb, inputs, attr, 1, "RNN")
+                bb, inputs, attr, 1, "RNN", params)
 
             def step_fn(d: int, order: list[int]):  # type: ignore[no-untyped-def]
                 xw, rt, bias_r = projections(x, w, r, b, d, seq, batch, hidden, dtype)
@@ -280,7 +284,34 @@ def _converters(base: type) -> dict[str, type]:
             alpha = const(float(attr.get("alpha", 1.0)), x.ty.dtype)
             return R.multiply(x, R.sigmoid(R.multiply(alpha, x)))
 
-    return {"LSTM": LSTM, "GRU": GRU, "RNN": RNN, "Celu": Celu, "Swish": Swish}
+    class CumProd(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            x, axis_in = inputs[0], get_constant(inputs[1], params)
+            if not isinstance(axis_in, Constant):
+                raise ConverterError("CumProd: the axis input must be a constant")
+            axis = int(axis_in.value.numpy().reshape(-1)[0])
+            reverse = int(attr.get("reverse", 0))
+            if reverse:
+                x = R.flip(x, axis)
+            out = R.cumprod(x, axis, exclusive=bool(int(attr.get("exclusive", 0))))
+            return R.flip(out, axis) if reverse else out
+
+    class LpNormalization(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            x = inputs[0]
+            axis, p = int(attr.get("axis", -1)), int(attr.get("p", 2))
+            if p == 1:
+                norm = R.sum(R.abs(x), [axis], keepdims=True)
+            elif p == 2:
+                norm = R.sqrt(R.sum(R.multiply(x, x), [axis], keepdims=True))
+            else:
+                raise ConverterError(f"LpNormalization: p={p} is not supported (1 or 2)")
+            return R.divide(x, norm)
+
+    return {"LSTM": LSTM, "GRU": GRU, "RNN": RNN, "Celu": Celu, "Swish": Swish,
+            "CumProd": CumProd, "LpNormalization": LpNormalization}
 
 
 def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:

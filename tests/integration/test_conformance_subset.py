@@ -1,0 +1,32 @@
+"""A fast slice of the ONNX node-test conformance run (bench/conformance.py) as a regression
+guard: each case goes through edgeforge's real compile path and must match ONNX's expected
+outputs. The full run (`python -m bench.conformance`) is a command; its summary is in README."""
+
+from __future__ import annotations
+
+from bench.conformance import run
+
+CASES = [
+    "test_relu",
+    "test_conv_with_strides_padding",
+    "test_reshape_reordered_all_dims",   # shape from an input: frozen via constant_inputs
+    "test_reduce_sum_default_axes_keepdims_example",
+    "test_lstm_defaults",                # edgeforge converter
+    "test_gru_with_initial_bias",        # edgeforge converter
+    "test_simple_rnn_defaults",          # edgeforge converter
+    "test_celu",                         # edgeforge converter
+    "test_cumprod_1d_reverse_exclusive", # edgeforge converter
+    "test_attention_4d",                 # edgeforge's ai.onnx Attention
+    "test_attention_4d_gqa",
+    "test_layer_normalization_4d_axis1", # Mean/InvStdDev outputs
+    "test_softmax_axis_1",
+    "test_matmul_2d",
+    "test_gather_0",
+]
+
+
+def test_conformance_subset():
+    results = run(CASES, jobs=2, timeout=300, raw=False, progress=False)
+    assert sorted(r.name for r in results) == sorted(CASES)
+    failed = {r.name: f"{r.ours}: {r.detail}" for r in results if r.ours != "pass"}
+    assert not failed, failed
