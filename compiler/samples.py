@@ -75,10 +75,10 @@ def two_output_mlp() -> bytes:
 
 
 def unsupported_ops_model() -> bytes:
-    """Valid ONNX using operators the compiler cannot convert (LpNormalization, Det ×2)."""
+    """Valid ONNX using operators the compiler cannot convert (Bernoulli, Det ×2)."""
     graph = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["r"], name="ok_relu"),
-         helper.make_node("LpNormalization", ["r"], ["c"], name="lpnorm_a", axis=-1),
+         helper.make_node("Bernoulli", ["r"], ["c"], name="bernoulli_a", seed=0.0),
          helper.make_node("Det", ["c"], ["d1"], name="det_1"),
          helper.make_node("Det", ["x"], ["d2"], name="det_2"),
          helper.make_node("Add", ["d1", "d2"], ["y"], name="ok_add")],
