@@ -23,6 +23,8 @@ examples:
   edgeforge validate model.onnx --input-shape input=1,3,224,224
   edgeforge compile model.onnx --profile rpi4 --profile x86_64 --out dist/
   edgeforge compile model.onnx -p jetson-orin -p armv7 --name resnet --version 3 --json
+  edgeforge demo                                     # the whole cloud-to-edge flow, locally
+  edgeforge dev up --detach; edgeforge dev status    # the local stack (moto on 127.0.0.1)
 
 Artifacts are signed with the local key (default ~/.config/edgeforge/signing-key.pem, or
 $EDGEFORGE_SIGNING_KEY); devices verify them with the public key next to it (.pub.pem).
@@ -165,11 +167,11 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+def _cmd_local(args: argparse.Namespace) -> int:
+    # The local embedded stack (functions/local) parses its own arguments; imported only here.
+    from functions.local.cli import main as local_main
 
-    return run_demo(Path(args.work_dir), args.profile or ["x86_64", "rpi4", "armv7", "jetson-orin"],
-                    Path(args.model) if args.model else None)
+    return local_main([args.command, *args.args])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,14 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_keygen)
 
-    p = sub.add_parser("demo", help="compile a sample model for several profiles and run it here",
-                       description="The local demo: compile a built-in sample model (or MODEL) for "
-                       "x86_64, rpi4, armv7 and jetson-orin, verify each where possible, then act "
-                       "as a device and run this machine's artifact next to onnxruntime.")
-    p.add_argument("model", nargs="?", help="an .onnx file (default: a built-in sample CNN)")
-    p.add_argument("-p", "--profile", action="append", help="profiles (repeatable)")
-    p.add_argument("--work-dir", default=".cache/demo", help="where keys and artifacts go")
-    p.set_defaults(func=_cmd_demo)
+    # `demo` and `dev` hand all their arguments to functions/local/cli.py ('+' as the option
+    # prefix here, so that '-p', '--help'… reach that parser untouched).
+    for name, text in (("demo", "the whole flow on this machine: local stack, upload, compile, "
+                                "device (see `edgeforge demo --help`)"),
+                       ("dev", "run the local stack: up, down, status, env "
+                               "(see `edgeforge dev --help`)")):
+        p = sub.add_parser(name, help=text, add_help=False, prefix_chars="+")
+        p.add_argument("args", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_cmd_local)
 
     p = sub.add_parser("validate", help="check a model without compiling it")
     p.add_argument("model")

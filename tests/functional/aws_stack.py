@@ -4,7 +4,6 @@ of S3, SQS and Lambda (delivering notifications, invoking handlers)."""
 
 from __future__ import annotations
 
-import base64
 import copy
 import hashlib
 import json
@@ -86,33 +85,11 @@ def fix_moto_kms(monkeypatch: pytest.MonkeyPatch) -> None:
     accepts RAW messages over KMS's 4096-byte limit, so a signer that forgot the limit would pass
     here and fail in AWS. This patch signs DIGEST messages as prehashed and refuses RAW ones over
     4096 bytes, exactly as the KMS API reference describes."""
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, utils
-    from moto.kms.exceptions import ValidationException
     from moto.kms.responses import KmsResponse
 
-    original = KmsResponse.sign
+    from functions.local.stack import kms_sign_like_aws
 
-    def sign(self: Any) -> str:
-        message = self._get_param("Message")
-        if isinstance(message, str):
-            message = message.encode("utf-8")
-        kind = self._get_param("MessageType") or "RAW"
-        if kind == "RAW":
-            if len(message) > 4096:
-                raise ValidationException(
-                    "1 validation error detected: Value at 'message' failed to satisfy "
-                    "constraint: Member must have length less than or equal to 4096")
-            return original(self)
-        algorithm = self._get_param("SigningAlgorithm")
-        if algorithm != "ECDSA_SHA_256" or len(message) != 32:
-            raise ValidationException(f"Digest is invalid length for algorithm {algorithm}.")
-        key = self.kms_backend.describe_key(self._get_param("KeyId"))
-        der = key.private_key.private_key.sign(message, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
-        return json.dumps({"KeyId": key.arn, "SigningAlgorithm": algorithm,
-                           "Signature": base64.b64encode(der).decode("ascii")})
-
-    monkeypatch.setattr(KmsResponse, "sign", sign)
+    monkeypatch.setattr(KmsResponse, "sign", kms_sign_like_aws(KmsResponse.sign))
 
 
 @dataclass
