@@ -174,6 +174,36 @@ def _cmd_local(args: argparse.Namespace) -> int:
     return local_main([args.command, *args.args])
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .benchmark import bench_model
+    from .signing import LocalKeySigner, generate_key
+    from .spec import CompileOptions, CompileSpec
+    from .worker import CompileWorker
+
+    model_path = Path(args.model)
+    data = model_path.read_bytes()
+    key = Path(args.key) if args.key else _default_key()
+    if not key.exists() and not args.key:
+        generate_key(key, _public_path(key))
+    signer = LocalKeySigner.from_file(key)
+    spec = CompileSpec(model_name=args.name or model_path.stem, profiles=[args.profile],
+                       input_shapes=_shapes(args.input_shape),
+                       options=CompileOptions(tuning_db=args.tuning_db))
+    with CompileWorker() as worker:
+        result = bench_model(data, spec, signer, signer.public_key_der, Path(args.out), worker,
+                             threads=args.threads, repeat=args.repeat)
+    if args.json:
+        print(result.model_dump_json(indent=2))
+    else:
+        print(f"{result.model} on {result.profile}, {result.threads} thread(s), median of "
+              f"{result.repeat} interleaved runs:")
+        print(f"  edgeforge   {result.edgeforge_ms:9.3f} ms   (compile {result.compile_s:.1f} s)")
+        print(f"  onnxruntime {result.onnxruntime_ms:9.3f} ms")
+        print(f"  ratio edgeforge/onnxruntime {result.ratio:.2f}x   max abs error "
+              f"{result.max_abs_error:.2e}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeforge", description=__doc__.splitlines()[0].split(": ", 1)[1],
@@ -212,6 +242,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON report on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("bench", help="time a compiled model against onnxruntime on this machine",
+                       description="Compile MODEL for --profile (one this machine can run, e.g. "
+                       "x86_64), then time the artifact through the device runtime against "
+                       "onnxruntime with the same inputs and thread count, interleaved.")
+    p.add_argument("model")
+    p.add_argument("-p", "--profile", default="x86_64")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeat", type=int, default=30)
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...")
+    p.add_argument("--name")
+    p.add_argument("--key")
+    p.add_argument("--tuning-db", metavar="DIR")
+    p.add_argument("-o", "--out", default=".cache/bench", help="where the artifact goes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("profiles", help="list target profiles")
     p.add_argument("--json", action="store_true")
