@@ -15,7 +15,8 @@ from typing import Any
 
 __all__ = ["EXTRA_OPS", "install"]
 
-EXTRA_OPS = frozenset({"LSTM", "GRU", "RNN", "Celu", "Swish", "CumProd", "LpNormalization"})
+EXTRA_OPS = frozenset({"LSTM", "GRU", "RNN", "Celu", "Swish", "CumProd", "LpNormalization",
+                       "NegativeLogLikelihoodLoss", "SoftmaxCrossEntropyLoss"})
 #: Operators TVM converts, whose converters edgeforge wraps to cover more of the ONNX spec:
 #: ai.onnx Attention (opset 23+: heads from the input shapes, GQA, causal, masks, past KV),
 #: LayerNormalization (the Mean and InvStdDev outputs).
@@ -310,8 +311,47 @@ def _converters(base: type) -> dict[str, type]:
                 raise ConverterError(f"LpNormalization: p={p} is not supported (1 or 2)")
             return R.divide(x, norm)
 
+    def nll(bb: Any, logp: Any, target: Any, weight: Any, attr: dict[str, Any]) -> Any:
+        """ONNX NegativeLogLikelihoodLoss on log-probabilities ``logp`` [N, C, d...]."""
+        reduction = attr.get("reduction", b"mean")
+        reduction = reduction.decode() if isinstance(reduction, bytes) else str(reduction)
+        dtype = str(bb.normalize(logp).ty.dtype)
+        tdtype = str(bb.normalize(target).ty.dtype)
+        ignore = attr.get("ignore_index")
+        safe_t = target
+        keep = None
+        if ignore is not None:
+            ii = relax.const(int(ignore), tdtype)
+            keep = R.astype(R.not_equal(target, ii), dtype)
+            safe_t = R.where(R.equal(target, ii), relax.const(0, tdtype), target)
+        picked = R.squeeze(R.gather_elements(logp, R.expand_dims(safe_t, 1), axis=1), [1])
+        w = R.take(weight, safe_t, axis=0) if weight is not None else None
+        if keep is not None:
+            w = keep if w is None else R.multiply(w, keep)
+        loss = R.negative(picked) if w is None else R.negative(R.multiply(picked, w))
+        if reduction == "none":
+            return loss
+        if reduction == "sum":
+            return R.sum(loss)
+        if reduction != "mean":
+            raise ConverterError(f"loss reduction {reduction!r} is not supported")
+        return R.mean(loss) if w is None else R.divide(R.sum(loss), R.sum(w))
+
+    class NegativeLogLikelihoodLoss(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v12(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            return nll(bb, inputs[0], inputs[1], opt(inputs, 2), attr)
+
+    class SoftmaxCrossEntropyLoss(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v12(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            logp = bb.normalize(R.nn.log_softmax(inputs[0], axis=1))
+            return relax.Tuple([nll(bb, logp, inputs[1], opt(inputs, 2), attr), logp])
+
     return {"LSTM": LSTM, "GRU": GRU, "RNN": RNN, "Celu": Celu, "Swish": Swish,
-            "CumProd": CumProd, "LpNormalization": LpNormalization}
+            "CumProd": CumProd, "LpNormalization": LpNormalization,
+            "NegativeLogLikelihoodLoss": NegativeLogLikelihoodLoss,
+            "SoftmaxCrossEntropyLoss": SoftmaxCrossEntropyLoss}
 
 
 def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:

@@ -15,6 +15,7 @@ CASES = [
     "test_gru_with_initial_bias",        # edgeforge converter
     "test_simple_rnn_defaults",          # edgeforge converter
     "test_celu",                         # edgeforge converter
+    "test_sce_NCd1_mean_weight_negative_ii",  # edgeforge converter (loss, ignore_index)
     "test_cumprod_1d_reverse_exclusive", # edgeforge converter
     "test_attention_4d",                 # edgeforge's ai.onnx Attention
     "test_attention_4d_gqa",
