@@ -100,11 +100,18 @@ def build(req: BuildRequest, progress: Callable[[str], None]) -> BuildResult:
         else:
             from .optimize import build_cpu
 
-            executable = build_cpu(
-                mod, target, tune_trials=req.tune_trials,
-                database_dir=Path(req.database_dir) if req.database_dir else None,
-                options=req.optimize,
-            )
+            try:
+                executable = build_cpu(
+                    mod, target, tune_trials=req.tune_trials,
+                    database_dir=Path(req.database_dir) if req.database_dir else None,
+                    options=req.optimize,
+                )
+            except Exception as e:  # a scheduling bug must not cost the user the artifact
+                note = (f"the scheduled CPU build failed ({_first_line(e)}); built with TVM's "
+                        "default pipeline instead (slower code)")
+                logger.warning(note)
+                notes.append(note)
+                executable = tvm.compile(mod, target=target)
     except CompileError:
         raise
     except Exception as e:

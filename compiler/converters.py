@@ -16,7 +16,8 @@ from typing import Any
 __all__ = ["EXTRA_OPS", "install"]
 
 EXTRA_OPS = frozenset({"LSTM", "GRU", "RNN", "Celu", "Swish", "CumProd", "LpNormalization",
-                       "NegativeLogLikelihoodLoss", "SoftmaxCrossEntropyLoss"})
+                       "NegativeLogLikelihoodLoss", "SoftmaxCrossEntropyLoss",
+                       "RotaryEmbedding"})
 #: Operators TVM converts, whose converters edgeforge wraps to cover more of the ONNX spec:
 #: ai.onnx Attention (opset 23+: heads from the input shapes, GQA, causal, masks, past KV),
 #: LayerNormalization (the Mean and InvStdDev outputs).
@@ -348,8 +349,50 @@ def _converters(base: type) -> dict[str, type]:
             logp = bb.normalize(R.nn.log_softmax(inputs[0], axis=1))
             return relax.Tuple([nll(bb, logp, inputs[1], opt(inputs, 2), attr), logp])
 
+    class RotaryEmbedding(base):  # type: ignore[misc, valid-type]
+        """ai.onnx RotaryEmbedding (opset 23)."""
+
+        @classmethod
+        def _impl_v23(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            x, cos, sin = (bb.normalize(i) for i in inputs[:3])
+            pos = opt(inputs, 3)
+            shape = static_shape(x)
+            if len(shape) == 4:  # [batch, heads, seq, head] → [batch, seq, heads, head]
+                b, nh, sq, hd = shape
+                xs = R.permute_dims(x, [0, 2, 1, 3])
+            else:
+                nh = int(attr.get("num_heads", 0))
+                if not nh:
+                    raise ConverterError("RotaryEmbedding: 3-D input needs num_heads")
+                b, sq, hidden = shape
+                hd = hidden // nh
+                xs = R.reshape(x, (b, sq, nh, hd))
+            rot = int(attr.get("rotary_embedding_dim", 0)) or hd
+            if pos is not None:
+                cos, sin = R.take(cos, pos, axis=0), R.take(sin, pos, axis=0)
+            cos, sin = R.expand_dims(cos, 2), R.expand_dims(sin, 2)  # [b, s, 1, rot/2]
+            x_rot = R.strided_slice(xs, [3], [0], [rot])
+            if int(attr.get("interleaved", 0)):
+                x1 = R.strided_slice(x_rot, [3], [0], [rot], [2])
+                x2 = R.strided_slice(x_rot, [3], [1], [rot], [2])
+            else:
+                x1 = R.strided_slice(x_rot, [3], [0], [rot // 2])
+                x2 = R.strided_slice(x_rot, [3], [rot // 2], [rot])
+            real = R.subtract(R.multiply(cos, x1), R.multiply(sin, x2))
+            imag = R.add(R.multiply(sin, x1), R.multiply(cos, x2))
+            if int(attr.get("interleaved", 0)):
+                out = R.reshape(R.stack([real, imag], axis=4), (b, sq, nh, rot))
+            else:
+                out = R.concat([real, imag], axis=3)
+            if rot < hd:
+                out = R.concat([out, R.strided_slice(xs, [3], [rot], [hd])], axis=3)
+            if len(shape) == 4:
+                return R.permute_dims(out, [0, 2, 1, 3])
+            return R.reshape(out, (b, sq, nh * hd))
+
     return {"LSTM": LSTM, "GRU": GRU, "RNN": RNN, "Celu": Celu, "Swish": Swish,
             "CumProd": CumProd, "LpNormalization": LpNormalization,
+            "RotaryEmbedding": RotaryEmbedding,
             "NegativeLogLikelihoodLoss": NegativeLogLikelihoodLoss,
             "SoftmaxCrossEntropyLoss": SoftmaxCrossEntropyLoss}
 

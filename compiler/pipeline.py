@@ -147,6 +147,7 @@ def _one(validated: ValidatedModel, folded: tuple[bytes, FoldStats], spec: Compi
                            "database": tuning_db(spec.options.tuning_db).name},
                 "profile_revision": profile.revision,
                 "kernels": built.kernels,
+                "notes": built.notes,
                 "prepasses": {"folded_nodes": stats.folded_nodes, "inlined_ifs": stats.inlined_ifs},
                 "timings": {k: round(v, 3) for k, v in timings.items()},
             }
