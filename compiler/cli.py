@@ -108,7 +108,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     from .pipeline import compile_model
     from .profiles import load_profiles
     from .signing import LocalKeySigner, generate_key
-    from .spec import CompileOptions, CompileSpec
+    from .spec import CompileOptions, CompileSpec, parse_constant_input
     from .worker import CompileWorker
 
     model_path = Path(args.model)
@@ -126,6 +126,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     spec = CompileSpec(
         model_name=name, model_version=args.version, profiles=args.profile,
         input_shapes=_shapes(args.input_shape),
+        constant_inputs=dict(parse_constant_input(v) for v in args.constant_input),
         options=CompileOptions(verify=not args.no_verify, tune_trials=args.tune_trials,
                                tolerance=args.tolerance, tuning_db=args.tuning_db),
     )
@@ -224,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default="1", help="model version (default: 1)")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
                    help="fix the shape of an input with dynamic dimensions (repeatable)")
+    p.add_argument("--constant-input", action="append", default=[], metavar="NAME=V[,V...]",
+                   help="freeze an input the device never changes (e.g. sr=16000), so what "
+                   "depends on it is folded at compile time (repeatable)")
     p.add_argument("--key", help="PEM private key to sign with (default: see below)")
     p.add_argument("--profiles-file", help="JSON file with extra/overriding profiles")
     p.add_argument("--no-verify", action="store_true",

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+from onnx import numpy_helper
 from pydantic import BaseModel, ConfigDict
 
 from ._build import BuildRequest
@@ -86,7 +87,8 @@ def compile_model(
     registry = registry or load_profiles()
     profiles = [registry.get(name) for name in spec.profiles]  # unknown names fail first
     say = progress or (lambda profile, stage: None)
-    validated = validate_model(data, spec.input_shapes, max_bytes=max_model_bytes)
+    validated = validate_model(data, spec.input_shapes, max_bytes=max_model_bytes,
+                               constant_inputs=dict(spec.constant_inputs))
     folded_model, stats = fold_constants(validated.model)
     folded = (folded_model.SerializeToString(), stats)
     own_worker = worker is None
@@ -94,7 +96,8 @@ def compile_model(
     results = []
     try:
         for profile in profiles:
-            results.append(_one(validated, folded, spec, profile, signer, out_dir, worker, say))
+            results.append(_one(validated, folded, data, spec, profile, signer, out_dir, worker,
+                                say))
     finally:
         if own_worker:
             worker.close()
@@ -102,14 +105,14 @@ def compile_model(
                          source_sha256=validated.sha256, results=results)
 
 
-def _one(validated: ValidatedModel, folded: tuple[bytes, FoldStats], spec: CompileSpec,
+def _one(validated: ValidatedModel, folded: tuple[bytes, FoldStats], source: bytes,
+         spec: CompileSpec,
          profile: Profile, signer: Signer, out_dir: Path, worker: CompileWorker,
          say: Progress) -> ProfileResult:
     timings: dict[str, float] = {}
     build_bytes, stats = folded
     try:
         cc = require_cc(profile)
-        model_bytes = validated.serialized()
         with tempfile.TemporaryDirectory(prefix="edgeforge-build-") as tmp:
             request = BuildRequest(
                 model_bytes=build_bytes, target=profile.target, cc=cc,
@@ -126,8 +129,10 @@ def _one(validated: ValidatedModel, folded: tuple[bytes, FoldStats], spec: Compi
             t1 = time.perf_counter()
             if spec.options.verify:
                 say(profile.name, "verify")
-                verification = verify_library(library, profile, model_bytes, validated.inputs,
-                                              spec.options.seed, spec.options.tolerance)
+                frozen = {t.name: numpy_helper.to_array(t) for t in validated.model.graph.initializer
+                          if t.name in spec.constant_inputs}
+                verification = verify_library(library, profile, source, validated.inputs,
+                                              spec.options.seed, spec.options.tolerance, frozen)
             else:
                 from edgeforge_runtime.manifest import Verification
 
@@ -143,6 +148,7 @@ def _one(validated: ValidatedModel, folded: tuple[bytes, FoldStats], spec: Compi
             compile_info = {
                 "options": spec.options.model_dump(),
                 "input_shapes": spec.input_shapes,
+                "constant_inputs": spec.constant_inputs,
                 "tuning": {"trials": spec.options.tune_trials,
                            "database": tuning_db(spec.options.tuning_db).name},
                 "profile_revision": profile.revision,

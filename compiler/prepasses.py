@@ -56,6 +56,15 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def _expands_weights(outputs: list[np.ndarray], inputs: list[np.ndarray | None]) -> bool:
+    """True when folding would store noticeably more bytes than the node's constant inputs
+    (a Cast of int8 weights to float32 is 4x): such chains stay in the graph, and the artifact
+    keeps the small weights."""
+    out_bytes = sum(v.nbytes for v in outputs)
+    in_bytes = sum(v.nbytes for v in inputs if v is not None)
+    return out_bytes > (1 << 20) and out_bytes > 1.5 * in_bytes
+
+
 def _has_subgraph(node: onnx.NodeProto) -> bool:
     return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                for a in node.attribute)
@@ -98,6 +107,18 @@ def _inline_if(node: onnx.NodeProto, cond: bool, counter: int) -> list[onnx.Node
         arr = numpy_helper.to_array(init)
         nodes.append(helper.make_node("Constant", [], [rename(init.name)],
                                       value=numpy_helper.from_array(arr, rename(init.name))))
+    def rename_outer_refs(graph: onnx.GraphProto) -> None:
+        """Nested subgraphs may read the branch's values from their outer scope."""
+        inner = {v for n in graph.node for v in n.output} | {t.name for t in graph.initializer}
+        inner |= {i.name for i in graph.input}
+        for sn in graph.node:
+            for k, name in enumerate(sn.input):
+                if name and name not in inner and name in local:
+                    sn.input[k] = prefix + name
+            for a in sn.attribute:
+                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    rename_outer_refs(sub)
+
     for n in branch.node:
         new = onnx.NodeProto()
         new.CopyFrom(n)
@@ -106,6 +127,9 @@ def _inline_if(node: onnx.NodeProto, cond: bool, counter: int) -> list[onnx.Node
         new.input.extend(rename(i) if i else i for i in n.input)
         del new.output[:]
         new.output.extend(rename(o) if o else o for o in n.output)
+        for a in new.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                rename_outer_refs(sub)
         nodes.append(new)
     for out_vi, target in zip(branch.output, node.output):
         nodes.append(helper.make_node("Identity", [rename(out_vi.name)], [target],
@@ -142,6 +166,8 @@ def _one_round(model: onnx.ModelProto, stats: FoldStats) -> bool:
                 value = [np.array(int(np.prod(shapes[node.input[0]])), dtype=np.int64)]
             elif node.op_type == "Constant" or all(not i or i in consts for i in node.input):
                 value = _evaluate(node, [consts.get(i) for i in node.input], model.opset_import)
+        if value is not None and _expands_weights(value, [consts.get(i) for i in node.input]):
+            value = None  # e.g. int8 weights dequantized to float: keep them small, compute late
         if value is not None and len(value) == len([o for o in node.output if o]) and all(
                 v.size <= _MAX_FOLD_ELEMENTS for v in value):
             for name, v in zip([o for o in node.output if o], value):

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .exceptions import SpecError
 
-__all__ = ["CompileOptions", "CompileSpec", "parse_input_shape"]
+__all__ = ["CompileOptions", "CompileSpec", "parse_constant_input", "parse_input_shape"]
 
 _MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
@@ -43,6 +43,9 @@ class CompileSpec(BaseModel):
     model_version: str = Field(default="1", pattern=r"^[0-9A-Za-z._-]{1,64}$")
     profiles: list[str] = Field(min_length=1)
     input_shapes: dict[str, list[int]] = Field(default_factory=dict)
+    #: Inputs the device never changes (a sample rate, a shape, axes): frozen into the model so
+    #: the pre-passes can fold what depends on them (e.g. ``If`` on the sample rate).
+    constant_inputs: dict[str, float | int | list[float] | list[int]] = Field(default_factory=dict)
     options: CompileOptions = CompileOptions()
 
     @field_validator("input_shapes")
@@ -66,3 +69,18 @@ def parse_input_shape(text: str) -> tuple[str, list[int]]:
     if not shape or any(d <= 0 for d in shape):
         raise SpecError(f"invalid input shape {text!r}: dimensions must be positive integers")
     return m.group(1), shape
+
+
+def parse_constant_input(text: str) -> tuple[str, float | int | list[float] | list[int]]:
+    """Parse ``name=16000`` or ``name=1,2,3`` (numbers; reshaped to the input's shape)."""
+    m = re.match(r"^\s*([^=\s]+)\s*=\s*(.+)$", text)
+    if not m:
+        raise SpecError(f"invalid constant input {text!r}: expected NAME=VALUE[,VALUE...]")
+    try:
+        values = [float(v) if any(c in v for c in ".eE") else int(v)
+                  for v in m.group(2).replace(" ", "").split(",") if v]
+    except ValueError as e:
+        raise SpecError(f"invalid constant input {text!r}: values must be numbers") from e
+    if not values:
+        raise SpecError(f"invalid constant input {text!r}: no value")
+    return m.group(1), values[0] if len(values) == 1 else values  # type: ignore[return-value]

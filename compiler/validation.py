@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from typing import Any
 
 import numpy as np
 import onnx
@@ -86,7 +87,8 @@ def supported_operators() -> frozenset[str]:
     data = json.loads(
         resources.files("compiler").joinpath("data/tvm_onnx_ops.json").read_text("utf-8")
     )
-    return frozenset(data["ops"]) | EXTRA_OPS
+    # "If" is handled by the frontend itself (outside its converter table).
+    return frozenset(data["ops"]) | EXTRA_OPS | {"If"}
 
 
 def _parse(data: bytes) -> onnx.ModelProto:
@@ -259,27 +261,38 @@ def _fix_inputs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> N
     model.graph.input.extend(keep)
 
 
-def _freeze_inputs(model: onnx.ModelProto, constants: dict[str, np.ndarray]) -> None:
-    """Turn the named graph inputs into initializers holding the given values."""
+def _freeze_inputs(model: onnx.ModelProto, constants: dict[str, Any]) -> None:
+    """Turn the named graph inputs into initializers holding the given values (cast to the
+    input's dtype when that is exact, reshaped to its declared shape when that is static)."""
     names = {vi.name for vi in model.graph.input}
     unknown = sorted(set(constants) - names)
     if unknown:
         raise SpecError(f"constant input(s) {unknown} are not inputs of the model")
     for vi in list(model.graph.input):
-        if vi.name in constants:
-            value = np.asarray(constants[vi.name])
-            want = _ONNX_DTYPES.get(vi.type.tensor_type.elem_type)
-            if want is not None and str(value.dtype) != want:
-                raise SpecError(f"constant input {vi.name!r} must be {want}, got {value.dtype}")
-            model.graph.initializer.append(numpy_helper.from_array(value, vi.name))
-            model.graph.input.remove(vi)
+        if vi.name not in constants:
+            continue
+        value = np.asarray(constants[vi.name])
+        want = _ONNX_DTYPES.get(vi.type.tensor_type.elem_type)
+        if want is not None and str(value.dtype) != want:
+            cast = value.astype(want)
+            if not np.array_equal(cast, value):
+                raise SpecError(f"constant input {vi.name!r} must be {want}; {value!r} is not")
+            value = cast
+        dims = _dims(vi)
+        if dims != [None] and all(isinstance(d, int) for d in dims):
+            if int(np.prod(dims)) != value.size:
+                raise SpecError(f"constant input {vi.name!r} has shape {dims}; got "
+                                f"{value.size} value(s)")
+            value = value.reshape(dims)
+        model.graph.initializer.append(numpy_helper.from_array(value, vi.name))
+        model.graph.input.remove(vi)
 
 
 def validate_model(
     data: bytes,
     input_shapes: dict[str, list[int]] | None = None,
     max_bytes: int = DEFAULT_MAX_MODEL_BYTES,
-    constant_inputs: dict[str, np.ndarray] | None = None,
+    constant_inputs: dict[str, Any] | None = None,
 ) -> ValidatedModel:
     """Validate raw model bytes; return the model with input shapes fixed from the spec and the
     ``constant_inputs`` (parameters such as shapes or axes the device will never change) frozen

@@ -41,7 +41,8 @@ def test_supported_operator_list_matches_installed_tvm():
     from compiler.converters import EXTRA_OPS
     from compiler.validation import supported_operators
 
-    assert supported_operators() == frozenset(onnx_frontend._get_convert_map()) | EXTRA_OPS
+    # "If" is converted by the frontend itself, outside its table.
+    assert supported_operators() == frozenset(onnx_frontend._get_convert_map()) | EXTRA_OPS | {"If"}
 
 
 def test_x86_64_artifact_is_verified_and_runs(tmp_path, worker, signer, public_key, tiny_model):
@@ -163,3 +164,54 @@ def test_cli_compile_json(tmp_path, tiny_model, monkeypatch):
     assert bad["status"] == "failed" and bad["error_code"] == "toolchain_missing"
     assert "x86_64" in proc.stderr and "compile" in proc.stderr  # progress lines
     assert out["public_key"].endswith("key.pub.pem")
+
+
+def _if_on_sample_rate_model() -> bytes:
+    """out = If(sr == 16000, then: relu(x) * 2 (a nested If inside reads the outer value),
+    else: -x): the shape of real exported speech models (silero-vad)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inner = helper.make_graph(
+        [helper.make_node("Mul", ["r", "two"], ["inner_out"])], "inner", [],
+        [helper.make_tensor_value_info("inner_out", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.array(2, np.float32), "two")])
+    inner_else = helper.make_graph(
+        [helper.make_node("Identity", ["r"], ["inner_out2"])], "inner_else", [],
+        [helper.make_tensor_value_info("inner_out2", TensorProto.FLOAT, [1, 4])])
+    then = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]),
+         helper.make_node("If", ["cond"], ["then_out"], then_branch=inner,
+                          else_branch=inner_else)],
+        "then", [], [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, [1, 4])])
+    other = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["else_out"])], "else", [],
+        [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, [1, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Equal", ["sr", "k16"], ["cond"]),
+         helper.make_node("If", ["cond"], ["out"], name="by_rate", then_branch=then,
+                          else_branch=other)],
+        "rate", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+                 helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.array(16000, np.int64), "k16")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def test_constant_input_folds_if_and_is_verified(tmp_path, worker, signer, public_key):
+    data = _if_on_sample_rate_model()
+    report = _compile(data, ["x86_64"], tmp_path, worker, signer,
+                      constant_inputs={"sr": 16000})
+    [r] = report.results
+    assert r.status == "ok", r.error
+    assert r.verified and r.verification["method"] == "native"
+    manifest = read_manifest(r.artifact)[0]
+    assert [i.name for i in manifest.inputs] == ["x"]  # sr is baked in
+    assert manifest.compile["prepasses"]["inlined_ifs"] == 2
+    sess = InferenceSession(r.artifact, trusted_keys=[public_key])
+    x = np.array([[-1.0, 0.5, 2.0, -3.0]], np.float32)
+    [y] = sess.run(None, {"x": x})
+    np.testing.assert_allclose(y, np.maximum(x, 0) * 2)

@@ -1,0 +1,27 @@
+"""Run onnxruntime on a model in a child process: ``python -m compiler._reference MODEL IN OUT``.
+
+The reference run for verification is isolated like the TVM build: onnxruntime itself can
+crash on unusual models, and that must not take the caller down."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str]) -> int:
+    import numpy as np
+    import onnxruntime as ort
+
+    model, in_path, out_path = argv[:3]
+    with np.load(in_path) as data:
+        feed = {k: data[k] for k in data.files if k != "__order__"}
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    outputs = sess.run(None, feed)
+    np.savez(out_path, *[np.asarray(o) for o in outputs])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
