@@ -297,7 +297,9 @@ def _sample_database(mod, target, opts, measure: bool, persist=None):
         if tfunc.attrs is not None and tfunc.attrs.get("tirx.is_scheduled", False):
             continue  # already scheduled from the persistent database
         share = flops[i] / total
-        n = max(1, min(kmax, math.ceil(kmax * share * len(tasks))))
+        # At least 3 timed samples even for small tasks: FLOP share misjudges memory-bound ones
+        # (a LayerNorm with 1 untimed sample took 79% of the transformer's run time).
+        n = max(min(3, kmax), min(kmax, math.ceil(kmax * share * len(tasks))))
         if time.perf_counter() - t_start > budget_s:
             n = 1
         try:
