@@ -45,6 +45,13 @@ def install() -> None:
 
     fe._get_convert_map = convert_map
     _installed["done"] = True
+    _installed["original"] = original
+
+
+def tvm_only_convert_map() -> Any:
+    """TVM's own converter table function (for comparisons against raw TVM), or None when
+    :func:`install` has not run in this process."""
+    return _installed.get("original")
 
 
 class ConverterError(ValueError):
