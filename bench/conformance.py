@@ -144,14 +144,22 @@ def _ours(case: Any, io: tuple[dict[str, Any], list[Any]], tmp: str, freeze: boo
 def _raw(case: Any, io: tuple[dict[str, Any], list[Any]]) -> str:
     import tvm
     from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
+    from tvm.relax.frontend.onnx import from_onnx, onnx_frontend
+
+    from compiler.converters import tvm_only_convert_map
 
     feed, expected = io
+    patched = onnx_frontend._get_convert_map
+    original = tvm_only_convert_map()
+    if original is not None:  # raw TVM: without edgeforge's converters (installed by _ours)
+        onnx_frontend._get_convert_map = original
     try:
         mod = from_onnx(case.model, shape_dict={k: list(v.shape) for k, v in feed.items()},
                         keep_params_in_input=False)
     except Exception:
         return "import_error"
+    finally:
+        onnx_frontend._get_convert_map = patched
     try:
         ex = tvm.compile(mod, target=tvm.target.Target(TARGET))
     except Exception:
