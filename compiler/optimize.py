@@ -129,7 +129,9 @@ def _preprocess(mod, target, opts):
         relax.transform.FoldConstant(),
     ]
     if opts.get("layout"):
-        seq.append(relax.transform.ConvertLayout({"relax.nn.conv2d": [opts["layout"], "default"]}))
+        # TVM 0.27 rejects "default" as the kernel layout ("invalid factor size 0"): name it.
+        kernel = {"NHWC": "OHWI", "NCHW": "OIHW"}.get(opts["layout"], "OIHW")
+        seq.append(relax.transform.ConvertLayout({"relax.nn.conv2d": [opts["layout"], kernel]}))
         seq.append(relax.transform.FoldConstant())
     seq += [
         relax.transform.LegalizeOps(),
