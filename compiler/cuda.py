@@ -15,6 +15,7 @@ the profile's arch plus PTX for forward compatibility.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import re
@@ -57,10 +58,8 @@ def nvcc_fatbin(code: str, arch: str, nvcc: str | None = None) -> bytes:
         if proc.returncode != 0:
             msg = proc.stderr.strip() or proc.stdout.strip()
             if re.search(r"[Uu]nsupported gpu architecture", msg):
-                version = subprocess.run([nvcc, "--version"], capture_output=True, text=True,
-                                         check=False).stdout.strip().splitlines()[-1:]
                 raise ToolchainError(
-                    f"the installed CUDA toolkit ({' '.join(version)}) cannot target {arch}: "
+                    f"the installed CUDA toolkit ({_nvcc_version(nvcc)}) cannot target {arch}: "
                     f"{msg.splitlines()[0]}. Use a CUDA toolkit that supports {arch} "
                     "(CUDA 13 dropped sm_50–sm_72; Jetson Xavier needs CUDA ≤ 12)"
                 )
@@ -68,15 +67,24 @@ def nvcc_fatbin(code: str, arch: str, nvcc: str | None = None) -> bytes:
         return out.read_bytes()
 
 
+def _nvcc_version(nvcc: str) -> str:
+    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False).stdout
+    return " ".join(out.strip().splitlines()[-1:])
+
+
+@functools.lru_cache(maxsize=8)
+def _known_archs(nvcc: str) -> frozenset[str]:
+    """What ``nvcc --list-gpu-arch`` names (asked once per process); empty if it cannot say."""
+    proc = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, check=False)
+    return frozenset(proc.stdout.split()) if proc.returncode == 0 else frozenset()
+
+
 def _check_arch(nvcc: str, arch: str) -> None:
     """Fail before compiling when the toolkit cannot target ``arch`` at all."""
-    proc = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, check=False)
-    known = set(proc.stdout.split())
-    if proc.returncode == 0 and known and f"compute_{arch.removeprefix('sm_')}" not in known:
-        version = subprocess.run([nvcc, "--version"], capture_output=True, text=True,
-                                 check=False).stdout.strip().splitlines()[-1:]
+    known = _known_archs(nvcc)
+    if known and f"compute_{arch.removeprefix('sm_')}" not in known:
         raise ToolchainError(
-            f"the installed CUDA toolkit ({' '.join(version)}) cannot target {arch} (it supports "
+            f"the installed CUDA toolkit ({_nvcc_version(nvcc)}) cannot target {arch} (it supports "
             f"{', '.join(sorted(known))}); use a CUDA toolkit that supports {arch} — CUDA 13 "
             "dropped sm_50–sm_72, so Jetson Xavier needs CUDA 12 or older"
         )

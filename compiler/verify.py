@@ -7,6 +7,7 @@ libraries cannot run without a GPU and are recorded as not verified, with the re
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import platform
@@ -65,6 +66,23 @@ def reference_outputs(model_bytes: bytes, feed: dict[str, np.ndarray]) -> list[n
             return [data[f"arr_{i}"] for i in range(len(data.files))]
 
 
+_REFERENCES: dict[str, list[np.ndarray]] = {}
+
+
+def _cached_reference(model_bytes: bytes, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """One onnxruntime run per (model, inputs): every profile of a compile checks against it."""
+    h = hashlib.sha256(model_bytes)
+    for name in sorted(feed):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(feed[name]).tobytes())
+    key = h.hexdigest()
+    if key not in _REFERENCES:
+        if len(_REFERENCES) >= 4:
+            _REFERENCES.pop(next(iter(_REFERENCES)))
+        _REFERENCES[key] = reference_outputs(model_bytes, feed)
+    return _REFERENCES[key]
+
+
 def _how(profile: Profile) -> Emulator | str | None:
     """None = native; an Emulator; or a string saying why the artifact cannot run here."""
     if profile.device == "cuda":
@@ -94,7 +112,7 @@ def verify_library(library: Path, profile: Profile, model_bytes: bytes,
         return Verification(verified=False, method="none", reason=how)
     feed = make_inputs(inputs, seed)
     try:
-        expected = reference_outputs(model_bytes, {**feed, **(constants or {})})
+        expected = _cached_reference(model_bytes, {**feed, **(constants or {})})
     except VerificationError as e:
         return Verification(
             verified=False, method="none",

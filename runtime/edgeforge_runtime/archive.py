@@ -138,13 +138,20 @@ def read_manifest(source: str | os.PathLike[str] | IO[bytes], limits: Limits = L
 
     For inspection only: nothing returned here is trusted."""
     with _open_tar(source, limits) as tar, _tar_errors():
-        members = _scan(tar, limits)
-        for required in (MANIFEST, SIGNATURE):
-            if required not in members:
-                raise ArchiveError(f"the archive has no {required}: not an edgeforge artifact")
-        mbytes = _read_member(tar, members[MANIFEST], limits.max_manifest_bytes)
-        sbytes = _read_member(tar, members[SIGNATURE], limits.max_signature_bytes)
+        _, mbytes, sbytes = _read_header(tar, limits)
     return Manifest.from_json(mbytes), mbytes, sbytes
+
+
+def _read_header(tar: tarfile.TarFile, limits: Limits
+                 ) -> tuple[dict[str, tarfile.TarInfo], bytes, bytes]:
+    """Scan the members (refusing unsafe ones); return them with the manifest and signature bytes."""
+    members = _scan(tar, limits)
+    for required in (MANIFEST, SIGNATURE):
+        if required not in members:
+            raise ArchiveError(f"the archive has no {required}: not an edgeforge artifact")
+    mbytes = _read_member(tar, members[MANIFEST], limits.max_manifest_bytes)
+    sbytes = _read_member(tar, members[SIGNATURE], limits.max_signature_bytes)
+    return members, mbytes, sbytes
 
 
 @contextlib.contextmanager
@@ -180,12 +187,7 @@ def open_artifact(source: str | os.PathLike[str], trusted: TrustedKeys,
     member extracted while hashing → size and sha256 compared. Members not in the manifest are
     refused. On any failure the partial extraction is removed."""
     with _open_tar(source, limits) as tar, _tar_errors():
-        members = _scan(tar, limits)
-        for required in (MANIFEST, SIGNATURE):
-            if required not in members:
-                raise ArchiveError(f"the archive has no {required}: not an edgeforge artifact")
-        mbytes = _read_member(tar, members[MANIFEST], limits.max_manifest_bytes)
-        sbytes = _read_member(tar, members[SIGNATURE], limits.max_signature_bytes)
+        members, mbytes, sbytes = _read_header(tar, limits)
         signed_by = trusted.verify(mbytes, load_signatures(sbytes))
         manifest = Manifest.from_json(mbytes)
         listed = {f.path for f in manifest.files}
