@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import converters_extra
+
 __all__ = ["EXTRA_OPS", "install"]
 
 EXTRA_OPS = frozenset({"LSTM", "GRU", "RNN", "Celu", "Swish", "CumProd", "LpNormalization",
                        "NegativeLogLikelihoodLoss", "SoftmaxCrossEntropyLoss",
-                       "RotaryEmbedding"})
+                       "RotaryEmbedding"}) | converters_extra.OPS
 #: Operators TVM converts, whose converters edgeforge wraps to cover more of the ONNX spec:
 #: ai.onnx Attention (opset 23+: heads from the input shapes, GQA, causal, masks, past KV),
 #: LayerNormalization (the Mean and InvStdDev outputs).
@@ -33,7 +35,7 @@ def install() -> None:
     from tvm.relax.frontend.onnx import onnx_frontend as fe
 
     original = fe._get_convert_map
-    extra = _converters(fe.OnnxOpConverter)
+    extra = {**_converters(fe.OnnxOpConverter), **converters_extra.converters(fe.OnnxOpConverter)}
     wrapped = _wrappers(fe.OnnxOpConverter, original())
 
     def convert_map() -> dict[str, Any]:

@@ -3,6 +3,9 @@
 Measured recipe (DESIGN.md): import ``tvm_ffi`` (loads libtvm_ffi.so), ``dlopen`` the platform's
 ``libtvm_runtime.so`` with ``RTLD_GLOBAL`` so its global functions register, then
 ``tvm_ffi.load_module(library)``, ``vm_load_executable``, ``vm_initialization`` and ``main``.
+
+The platform wheel vendors the runtime part of apache-tvm-ffi in ``_vendor/`` (see
+scripts/build_runtime_wheel.sh); a source checkout uses the installed apache-tvm-ffi instead.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import ctypes
 import importlib.util
 import logging
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +32,22 @@ _POOLED_ALLOCATOR = 2
 _ALIGNMENT = 64
 _lock = threading.Lock()
 _loaded: dict[str, Any] = {}
+_VENDOR = Path(__file__).parent / "_vendor"
+
+
+def _import_tvm_ffi() -> Any:
+    """The vendored tvm_ffi when the wheel carries one (it is the pinned ABI), else the installed
+    one. A process that already imported tvm_ffi (the compiler's) keeps it."""
+    if "tvm_ffi" not in sys.modules and (_VENDOR / "tvm_ffi" / "__init__.py").is_file():
+        sys.path.insert(0, str(_VENDOR))
+        try:
+            import tvm_ffi
+        finally:
+            sys.path.remove(str(_VENDOR))
+        return tvm_ffi
+    import tvm_ffi
+
+    return tvm_ffi
 
 
 def _candidates(name: str) -> list[Path]:
@@ -59,7 +79,7 @@ def load_runtime() -> Any:
         if "ffi" in _loaded:
             return _loaded["ffi"]
         try:
-            import tvm_ffi
+            tvm_ffi = _import_tvm_ffi()
         except ImportError as e:
             raise RuntimeLoadError(
                 f"apache-tvm-ffi is not installed ({e}); pip install "
