@@ -97,6 +97,23 @@ def _compare(actual: list[Any], expected: list[Any], rtol: float, atol: float) -
     return None
 
 
+#: (operator, input index) pairs that are parameters rather than data: they decide the output
+#: shape or are a scalar setting, whatever their dtype.
+PARAMETER_SLOTS = {
+    "Resize": {1, 2, 3}, "Upsample": {1}, "Pad": {1, 2, 3}, "OneHot": {1}, "Range": {0, 1, 2},
+    "Compress": {1},
+}
+
+
+def _parameter_inputs(model: Any) -> set[str]:
+    """Graph inputs read only at :data:`PARAMETER_SLOTS`."""
+    uses: dict[str, list[bool]] = collections.defaultdict(list)
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            uses[name].append(i in PARAMETER_SLOTS.get(node.op_type, ()))
+    return {name for name, flags in uses.items() if flags and all(flags)}
+
+
 def _ours(case: Any, io: tuple[dict[str, Any], list[Any]], tmp: str, freeze: bool = False
           ) -> tuple[str, str]:
     import numpy as np
@@ -110,8 +127,11 @@ def _ours(case: Any, io: tuple[dict[str, Any], list[Any]], tmp: str, freeze: boo
     feed, expected = io
     # Integer inputs of node tests are parameters (shapes, axes, pads, indices, k): an edge
     # deployment fixes them in the compile spec (``constant_inputs``), so the pre-passes can
-    # fold them. Float inputs stay runtime inputs.
-    frozen = {k: v for k, v in feed.items() if v.dtype.kind in "iu" and v.size <= 64} if freeze else {}
+    # fold them. Float or bool inputs stay runtime inputs unless every node reading them reads
+    # them at a parameter slot that fixes the output shape (Resize scales, Pad's constant value).
+    params = _parameter_inputs(case.model) if freeze else set()
+    frozen = {k: v for k, v in feed.items()
+              if (v.dtype.kind in "iu" or k in params) and v.size <= 64} if freeze else {}
     feed = {k: v for k, v in feed.items() if k not in frozen}
     try:
         validated = validate_model(case.model.SerializeToString(),
@@ -212,11 +232,17 @@ def _serve(conn: Connection, raw: bool) -> None:  # pragma: no cover - child pro
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 ours, detail = _ours(case, io, tmp)
-                has_int = any(v.dtype.kind in "iu" for v in io[0].values())
-                if ours in ("import_error", "compile_error") and has_int:
-                    frozen, _ = _ours(case, io, tmp, freeze=True)
+                has_params = any(v.dtype.kind in "iu" for v in io[0].values()) or bool(
+                    _parameter_inputs(case.model) & set(io[0]))
+                if ours in ("import_error", "compile_error") and has_params:
+                    frozen, fdetail = _ours(case, io, tmp, freeze=True)
                     if frozen == "pass":
                         ours, detail = "pass", "integer inputs frozen as constants"
+                    elif frozen not in ("import_error", "compile_error", "unsupported",
+                                        "invalid"):
+                        ours, detail = frozen, f"(frozen) {fdetail}"
+                    else:
+                        detail = f"{detail} | frozen: {fdetail}"
             except Exception as e:
                 ours, detail = "compile_error", traceback.format_exception_only(e)[-1][:300]
         raw_status = _raw(case, io) if raw else "-"

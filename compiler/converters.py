@@ -22,8 +22,9 @@ EXTRA_OPS = frozenset({"LSTM", "GRU", "RNN", "Celu", "Swish", "CumProd", "LpNorm
                        "RotaryEmbedding"}) | converters_extra.OPS
 #: Operators TVM converts, whose converters edgeforge wraps to cover more of the ONNX spec:
 #: ai.onnx Attention (opset 23+: heads from the input shapes, GQA, causal, masks, past KV),
-#: LayerNormalization (the Mean and InvStdDev outputs).
-WRAPPED_OPS = frozenset({"Attention", "LayerNormalization"})
+#: LayerNormalization (the Mean and InvStdDev outputs), Resize/Upsample (axes, antialias,
+#: keep_aspect_ratio_policy, half_pixel_symmetric, scales that do not divide the size).
+WRAPPED_OPS = frozenset({"Attention", "LayerNormalization", "Resize", "Upsample"})
 
 _installed: dict[str, bool] = {}
 
@@ -410,10 +411,13 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
     import math
 
     from tvm import relax
+    from tvm.ir import GenericConst
     from tvm.relax import op as R
+    from tvm.relax.frontend.onnx.onnx_frontend import get_constant
 
     tvm_attention = tvm_table["Attention"]
     tvm_layernorm = tvm_table["LayerNormalization"]
+    tvm_resize = tvm_table["Resize"]
 
     def shape_of(bb: Any, x: Any) -> list[int]:
         return [int(d) for d in bb.normalize(x).ty.shape.values]
@@ -527,4 +531,194 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
 
             return convert
 
-    return {"Attention": Attention, "LayerNormalization": LayerNormalization}
+    class Resize(base):  # type: ignore[misc, valid-type]
+        """Constant scales/sizes: TVM's converter when it is exact (it derives the coordinate
+        transform from the in/out size ratio, ignores ``axes``, ``antialias`` and
+        ``keep_aspect_ratio_policy``); otherwise a separable resize whose per-axis matrices are
+        ONNX's reference interpolation applied to the identity."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            inner = tvm_resize.get_converter(opset)
+
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                def const_in(i: int) -> Any:
+                    if len(inputs) <= i or inputs[i] is None:
+                        return None
+                    c = get_constant(inputs[i], params)
+                    if not isinstance(c, GenericConst):
+                        raise ConverterError(f"Resize: input {i} must be a constant (freeze it "
+                                             "with constant_inputs)")
+                    return c.value.numpy()
+
+                if opset < 11:
+                    roi, scales, sizes = None, const_in(1), None
+                else:
+                    roi, scales, sizes = const_in(1), const_in(2), const_in(3)
+                if scales is not None and scales.size == 0:
+                    scales = None
+                if sizes is not None and sizes.size == 0:
+                    sizes = None
+                plan = resize_plan(shape_of(bb, inputs[0]), roi, scales, sizes, attr)
+                if plan["tvm_exact"]:
+                    return inner(bb, inputs, attr, params)
+                return separable_resize(bb, inputs[0], plan, attr)
+
+            return convert
+
+    class Upsample(base):  # type: ignore[misc, valid-type]
+        """Upsample (opset 9: scales as an input) = Resize, asymmetric, nearest rounds down."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            inner = tvm_table["Upsample"].get_converter(opset)
+
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                if opset < 9:
+                    return inner(bb, inputs, attr, params)
+                c = get_constant(inputs[1], params)
+                if not isinstance(c, GenericConst):
+                    raise ConverterError("Upsample: scales must be a constant")
+                mode = attr.get("mode", b"nearest")
+                mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+                rattr = {"mode": mode, "coordinate_transformation_mode": "asymmetric",
+                         "nearest_mode": "floor"}
+                plan = resize_plan(shape_of(bb, inputs[0]), None, c.value.numpy(), None, rattr)
+                return separable_resize(bb, inputs[0], plan, rattr)
+
+            return convert
+
+    return {"Attention": Attention, "LayerNormalization": LayerNormalization, "Resize": Resize,
+            "Upsample": Upsample}
+
+
+def _s(attr: dict[str, Any], name: str, default: str) -> str:
+    v = attr.get(name, default)
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def resize_plan(shape: list[int], roi: Any, scales: Any, sizes: Any,
+                attr: dict[str, Any]) -> dict[str, Any]:
+    """Per-axis (scale, output size, roi) of an ONNX Resize with constant parameters, as ONNX's
+    reference computes them, and whether TVM's own converter gives exactly that."""
+    import numpy as np
+
+    r = len(shape)
+    axes = [int(a) % r for a in attr.get("axes", [])] or None
+    policy = _s(attr, "keep_aspect_ratio_policy", "stretch")
+    full_roi = None
+    if roi is not None and np.asarray(roi).size:
+        roi = [float(v) for v in np.asarray(roi).reshape(-1)]
+        if axes is not None:
+            full_roi = [0.0] * r + [1.0] * r
+            for i, d in enumerate(axes):
+                full_roi[d], full_roi[r + d] = roi[i], roi[len(axes) + i]
+        else:
+            full_roi = roi
+    resized = axes if axes is not None else list(range(r))
+    if sizes is not None:
+        sizes = [int(v) for v in np.asarray(sizes).reshape(-1)]
+        out = list(shape)
+        for i, d in enumerate(resized):
+            out[d] = sizes[i]
+        scale = [out[i] / shape[i] for i in range(r)]
+        if policy != "stretch":
+            pick = min if policy == "not_larger" else max
+            sc = pick(scale[d] for d in resized)
+            scale = [sc if i in resized else 1.0 for i in range(r)]
+            out = [int(sc * shape[i] + 0.5) if i in resized else shape[i] for i in range(r)]
+    elif scales is not None:
+        vals = [float(v) for v in np.asarray(scales).reshape(-1)]
+        scale = [1.0] * r
+        for i, d in enumerate(resized):
+            scale[d] = vals[i]
+        out = [int(scale[i] * shape[i]) for i in range(r)]
+    else:
+        raise ConverterError("Resize: needs scales or sizes")
+    mode = _s(attr, "mode", "nearest")
+    coord = _s(attr, "coordinate_transformation_mode", "half_pixel")
+    exact_ratio = all(abs(out[i] - scale[i] * shape[i]) < 1e-6 * max(1, out[i]) for i in range(r))
+    tvm_exact = (
+        r in (3, 4, 5) and axes is None and policy == "stretch"
+        and not int(attr.get("antialias", 0)) and scale[0] == 1.0 and scale[1] == 1.0
+        and out[0] == shape[0] and out[1] == shape[1] and exact_ratio
+        and coord in ("half_pixel", "asymmetric", "pytorch_half_pixel", "tf_crop_and_resize",
+                      "align_corners")
+        and not (coord in ("align_corners", "pytorch_half_pixel", "tf_crop_and_resize")
+                 and any(out[i] == 1 for i in range(2, r)))
+        and (full_roi is None or coord == "tf_crop_and_resize")
+        and mode in ("nearest", "linear", "cubic")
+    )
+    return {"shape": list(shape), "out": out, "scale": scale, "roi": full_roi,
+            "tvm_exact": tvm_exact}
+
+
+def resize_matrix(n_in: int, n_out: int, scale: float, roi: list[float] | None,
+                  attr: dict[str, Any]) -> tuple[Any, Any]:
+    """(matrix [n_out, n_in], extrapolated-row mask or None) of ONNX's 1-D interpolation."""
+    import numpy as np
+    from onnx.reference.ops import op_resize as ref
+
+    mode = _s(attr, "mode", "nearest")
+    coord = _s(attr, "coordinate_transformation_mode", "half_pixel")
+    antialias = bool(int(attr.get("antialias", 0)))
+    a = float(attr.get("cubic_coeff_a", -0.75))
+    if mode == "nearest":
+        nearest = _s(attr, "nearest_mode", "round_prefer_floor")
+
+        def coeffs(x, s):  # type: ignore[no-untyped-def]
+            return ref._nearest_coeffs(x, mode=nearest)
+    elif mode == "cubic":
+        fn = ref._cubic_coeffs_antialias if antialias else ref._cubic_coeffs
+
+        def coeffs(x, s):  # type: ignore[no-untyped-def]
+            return fn(x, s, A=a)
+    elif mode == "linear":
+        coeffs = ref._linear_coeffs_antialias if antialias else ref._linear_coeffs
+    else:
+        raise ConverterError(f"Resize: mode {mode!r} is not supported")
+    kw = {"roi": roi, "coordinate_transformation_mode": coord,
+          "exclude_outside": bool(int(attr.get("exclude_outside", 0)))}
+    m = ref._interpolate_1d_along_axis(np.eye(n_in), 0, scale, n_out, coeffs,
+                                       extrapolation_value=0.0, **kw)
+    probe = ref._interpolate_1d_along_axis(np.ones((n_in, 1)), 0, scale, n_out, coeffs,
+                                           extrapolation_value=np.nan, **kw)
+    mask = np.isnan(probe.reshape(-1))
+    return np.asarray(m, dtype=np.float64), (mask if mask.any() else None)
+
+
+def separable_resize(bb: Any, x: Any, plan: dict[str, Any], attr: dict[str, Any]) -> Any:
+    import numpy as np
+    from tvm import relax
+    from tvm.relax import op as R
+
+    shape, out, scale, roi = plan["shape"], plan["out"], plan["scale"], plan["roi"]
+    r = len(shape)
+    dtype = str(bb.normalize(x).ty.dtype)
+    mode = _s(attr, "mode", "nearest")
+    if mode != "nearest" and dtype not in ("float16", "float32", "float64"):
+        raise ConverterError(f"Resize: {mode} mode on {dtype} is not supported")
+    extrapolation = float(attr.get("extrapolation_value", 0.0))
+    for ax in range(r):
+        axis_roi = None if roi is None else [roi[ax], roi[ax + r]]
+        if (abs(scale[ax] - 1.0) < 1e-12 and out[ax] == shape[ax]
+                and (axis_roi is None or (axis_roi[0] == 0.0 and axis_roi[1] == 1.0))):
+            continue
+        m, mask = resize_matrix(shape[ax], out[ax], scale[ax], axis_roi, attr)
+        if mode == "nearest":
+            idx = np.argmax(m, axis=1).astype("int64")
+            x = R.take(x, relax.const(idx), axis=ax)
+        else:
+            cdtype = "float64" if dtype == "float64" else "float32"
+            xc = x if dtype == cdtype else R.astype(x, cdtype)
+            perm = [i for i in range(r) if i != ax] + [ax]
+            inv = [perm.index(i) for i in range(r)]
+            y = R.matmul(R.permute_dims(xc, perm), relax.const(m.T.astype(cdtype)))
+            y = R.permute_dims(y, inv)
+            x = y if dtype == cdtype else R.astype(y, dtype)
+        if mask is not None:
+            mshape = [1] * r
+            mshape[ax] = out[ax]
+            x = R.where(relax.const(mask.reshape(mshape)), relax.const(extrapolation, dtype), x)
+        x = bb.normalize(x)
+    return x
