@@ -4,16 +4,769 @@
 ``OPS`` is importable without TVM (the pre-flight check reads it); :func:`converters` builds the
 converter classes against TVM's ``OnnxOpConverter`` base and is called by
 :func:`compiler.converters.install`.
+
+Everything here needs static shapes. Parameters that decide shapes (window sizes, DFT lengths,
+crop shapes, Col2Im's image and block shapes, STFT's frame step) must be constants (initializers,
+``Constant`` nodes or the compile spec's ``constant_inputs``); a node whose parameter is a
+runtime input is refused with an error naming it. Recurrences (Scan, LinearAttention) are
+unrolled over their static length. Signal transforms (DFT, STFT) are matmuls with constant
+cosine/sine matrices, which suits the short frames of audio front-ends.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 __all__ = ["OPS", "converters"]
 
-OPS: frozenset[str] = frozenset()
+OPS: frozenset[str] = frozenset({
+    "BitCast", "BlackmanWindow", "CausalConvWithState", "CenterCropPad", "Col2Im", "ConvInteger",
+    "DFT", "DeformConv", "Det", "HammingWindow", "HannWindow", "LinearAttention",
+    "MelWeightMatrix", "QLinearConv", "QLinearMatMul", "ReverseSequence", "STFT", "Scan",
+    "SwiGLU", "TensorScatter",
+})
+
+# ONNX TensorProto data types → TVM dtype names (those the runtime can hand over).
+_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64",
+           9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16"}
 
 
 def converters(base: type) -> dict[str, type]:
     """Converter classes by ONNX operator name (subclasses of TVM's ``OnnxOpConverter``)."""
-    del base
-    return {}
+    import numpy as np
+    from tvm import relax, topi
+    from tvm.ir import GenericConst as Constant
+    from tvm.relax import op as R
+    from tvm.relax.frontend.onnx import onnx_frontend as fe
+
+    from .converters import ConverterError
+
+    def shape_of(bb: Any, x: Any) -> list[int]:
+        try:
+            return [int(d) for d in bb.normalize(x).ty.shape.values]
+        except (TypeError, AttributeError) as e:
+            raise ConverterError("the input shapes must be static") from e
+
+    def dtype_of(bb: Any, x: Any) -> str:
+        return str(bb.normalize(x).ty.dtype)
+
+    def opt(inputs: list[Any], i: int) -> Any:
+        return inputs[i] if len(inputs) > i and inputs[i] is not None else None
+
+    def text(attr: dict[str, Any], name: str, default: str) -> str:
+        v = attr.get(name, default)
+        return v.decode() if isinstance(v, bytes) else str(v)
+
+    def constant(op: str, what: str, x: Any, params: Any) -> Any:
+        """The numpy value of a constant input, or a clear error naming the operator."""
+        if x is None:
+            return None
+        c = fe.get_constant(x, params)
+        if isinstance(c, Constant):
+            return c.value.numpy()
+        raise ConverterError(f"{op}: the {what} input must be a constant (an initializer, a "
+                             "Constant node or a compile-spec constant_input); it is a runtime "
+                             "input here")
+
+    def dtype_attr(op: str, code: int) -> str:
+        if code not in _DTYPES:
+            raise ConverterError(f"{op}: data type {code} is not supported")
+        return _DTYPES[code]
+
+    def const(value: Any, dtype: str) -> Any:
+        return relax.const(np.asarray(value).astype(dtype), dtype)
+
+    # ---------------------------------------------------------------- elementwise / simple
+
+    class SwiGLU(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            a, b = inputs[0], inputs[1]
+            dtype = dtype_of(bb, a)
+            alpha = float(attr.get("alpha", 1.0))
+            gate = R.sigmoid(R.multiply(const(alpha, dtype), a)) if alpha != 1.0 else R.sigmoid(a)
+            return R.multiply(R.multiply(a, gate), b)
+
+    class BitCast(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            x = inputs[0]
+            src, dst = dtype_of(bb, x), dtype_attr("BitCast", int(attr["to"]))
+            if src == dst:
+                return x
+            bits = {"bool": 8, "bfloat16": 16}
+            sb = bits.get(src) or int("".join(c for c in src if c.isdigit()))
+            db = bits.get(dst) or int("".join(c for c in dst if c.isdigit()))
+            if sb != db:
+                raise ConverterError(f"BitCast: {src} and {dst} differ in width")
+            if src == "bool" or dst == "bool":  # one byte holding 0 or 1
+                return R.astype(x, dst)
+            return bb.call_te(topi.reinterpret, x, dst)
+
+    def window(op: str, inputs: list[Any], attr: dict[str, Any], params: Any,
+               fn: Any) -> Any:
+        size = int(constant(op, "size", inputs[0], params).reshape(-1)[0])
+        periodic = int(attr.get("periodic", 1))
+        dtype = dtype_attr(op, int(attr.get("output_datatype", 1)))
+        n = np.arange(size, dtype=np.float64)
+        denom = size if periodic else size - 1
+        return const(fn(n, denom), dtype)
+
+    class HannWindow(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v17(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            return window("HannWindow", inputs, attr, params,
+                          lambda n, d: np.sin(n * np.pi / d) ** 2)
+
+    class HammingWindow(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v17(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            a = 25.0 / 46.0
+            return window("HammingWindow", inputs, attr, params,
+                          lambda n, d: a - (1 - a) * np.cos(2 * np.pi * n / d))
+
+    class BlackmanWindow(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v17(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            return window("BlackmanWindow", inputs, attr, params,
+                          lambda n, d: 0.42 - 0.5 * np.cos(2 * np.pi * n / d)
+                          + 0.08 * np.cos(4 * np.pi * n / d))
+
+    class MelWeightMatrix(base):  # type: ignore[misc, valid-type]
+        """Triangular mel filters; the bin edges may be runtime values (computed in-graph)."""
+
+        @classmethod
+        def _impl_v17(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            op = "MelWeightMatrix"
+            mels = int(constant(op, "num_mel_bins", inputs[0], params).reshape(-1)[0])
+            dft = int(constant(op, "dft_length", inputs[1], params).reshape(-1)[0])
+            rate, low, high = inputs[2], inputs[3], inputs[4]
+            dtype = dtype_attr(op, int(attr.get("output_datatype", 1)))
+            spec = dft // 2 + 1
+            f64 = "float64"
+            rate, low, high = (R.astype(v, f64) for v in (rate, low, high))
+
+            def to_mel(hz: Any) -> Any:
+                return R.multiply(const(2595.0 / math.log(10), f64),
+                                  R.log(R.add(const(1.0, f64), R.divide(hz, const(700.0, f64)))))
+
+            lo_mel, hi_mel = to_mel(low), to_mel(high)
+            step = R.divide(R.subtract(hi_mel, lo_mel), const(mels + 2, f64))
+            mel = R.add(R.multiply(const(np.arange(mels + 2), f64), step), lo_mel)
+            hz = R.multiply(const(700.0, f64),
+                            R.subtract(R.exp(R.multiply(mel, const(math.log(10) / 2595, f64))),
+                                       const(1.0, f64)))
+            bins = R.floor(R.divide(R.multiply(const(dft + 1, f64), hz), rate))
+            left = R.strided_slice(bins, [0], [0], [mels])  # [mels]
+            center = R.strided_slice(bins, [0], [1], [mels + 1])
+            right = R.strided_slice(bins, [0], [2], [mels + 2])
+            j = const(np.arange(spec).reshape(spec, 1), f64)  # [spec, 1]
+            zero, one = const(0.0, f64), const(1.0, f64)
+            rise_den = R.subtract(center, left)
+            rise = R.where(R.logical_and(R.greater_equal(j, left), R.less_equal(j, center)),
+                           R.divide(R.subtract(j, left), R.maximum(rise_den, one)), zero)
+            rise = R.where(R.equal(rise_den, zero),
+                           R.where(R.equal(j, center), one, zero), rise)
+            fall_den = R.subtract(right, center)
+            in_fall = R.logical_and(R.logical_and(R.greater_equal(j, center), R.less(j, right)),
+                                    R.greater(fall_den, zero))
+            fall = R.divide(R.subtract(right, j), R.maximum(fall_den, one))
+            return R.astype(R.where(in_fall, fall, rise), dtype)
+
+    class Det(base):  # type: ignore[misc, valid-type]
+        """Determinant by cofactor expansion (square matrices up to 4×4)."""
+
+        @classmethod
+        def _impl_v11(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            x = bb.normalize(inputs[0])
+            shape = shape_of(bb, x)
+            n = shape[-1]
+            if len(shape) < 2 or shape[-2] != n or n > 4:
+                raise ConverterError(f"Det: only square matrices up to 4x4 are supported, got "
+                                     f"{shape}")
+            r = len(shape)
+
+            def el(i: int, j: int) -> Any:
+                e = R.strided_slice(x, [r - 2, r - 1], [i, j], [i + 1, j + 1])
+                return bb.emit(R.squeeze(e, [r - 2, r - 1]))
+
+            elems = {(i, j): el(i, j) for i in range(n) for j in range(n)}
+
+            def det(rows: list[int], cols: list[int]) -> Any:
+                if len(rows) == 1:
+                    return elems[(rows[0], cols[0])]
+                total = None
+                for k, c in enumerate(cols):
+                    term = R.multiply(elems[(rows[0], c)],
+                                      det(rows[1:], cols[:k] + cols[k + 1:]))
+                    total = term if total is None else (
+                        R.subtract(total, term) if k % 2 else R.add(total, term))
+                return bb.emit(total)
+
+            return det(list(range(n)), list(range(n)))
+
+    # ---------------------------------------------------------------- shape manipulation
+
+    class CenterCropPad(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v18(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            x = inputs[0]
+            target = [int(v) for v in constant("CenterCropPad", "shape", inputs[1], params)]
+            shape = shape_of(bb, x)
+            rank = len(shape)
+            axes = [a % rank for a in attr.get("axes", range(rank))]
+            for a, want in zip(axes, target):
+                dim = shape[a]
+                if want < dim:
+                    start = (dim - want) // 2
+                    x = R.strided_slice(x, [a], [start], [start + want])
+                elif want > dim:
+                    before = (want - dim) // 2
+                    pads = [0] * (2 * rank)
+                    pads[2 * a], pads[2 * a + 1] = before, want - dim - before
+                    x = R.nn.pad(x, pads)
+            return x
+
+    class ReverseSequence(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v10(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            x, lens = inputs[0], inputs[1]
+            shape = shape_of(bb, x)
+            rank = len(shape)
+            b_ax, t_ax = int(attr.get("batch_axis", 1)), int(attr.get("time_axis", 0))
+            steps = shape[t_ax]
+            bshape = [1] * rank
+            bshape[b_ax] = shape[b_ax]
+            tshape = [1] * rank
+            tshape[t_ax] = steps
+            lens = R.reshape(R.astype(lens, "int64"), bshape)
+            t = const(np.arange(steps).reshape(tshape), "int64")
+            idx = R.where(R.less(t, lens), R.subtract(R.subtract(lens, const(1, "int64")), t), t)
+            idx = R.broadcast_to(idx, shape)
+            return R.gather_elements(x, idx, axis=t_ax)
+
+    class TensorScatter(base):  # type: ignore[misc, valid-type]
+        """Write ``update`` into a KV cache at per-batch positions (runtime indices work)."""
+
+        @classmethod
+        def _impl_v24(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            cache, update, idx = inputs[0], inputs[1], opt(inputs, 2)
+            cshape, ushape = shape_of(bb, cache), shape_of(bb, update)
+            rank = len(cshape)
+            axis = int(attr.get("axis", -2)) % rank
+            if axis == 0:
+                raise ConverterError("TensorScatter: axis must not be the batch axis")
+            mode = text(attr, "mode", "linear")
+            batch, seq, max_seq = cshape[0], ushape[axis], cshape[axis]
+            if idx is None:
+                idx = R.zeros((batch,), "int64")
+            bshape = [batch] + [1] * (rank - 1)
+            sshape = [1] * rank
+            sshape[axis] = seq
+            pos = R.add(R.reshape(R.astype(idx, "int64"), bshape),
+                        const(np.arange(seq).reshape(sshape), "int64"))
+            if mode == "circular":
+                pos = R.floor_mod(pos, const(max_seq, "int64"))
+            elif mode != "linear":
+                raise ConverterError(f"TensorScatter: mode {mode!r} is not supported")
+            pos = R.broadcast_to(pos, ushape)
+            return R.scatter_elements(cache, pos, update, axis=axis)
+
+    class Col2Im(base):  # type: ignore[misc, valid-type]
+        """Scatter-add of sliding blocks; the index map is computed at compile time."""
+
+        @classmethod
+        def _impl_v18(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            x = inputs[0]
+            image = [int(v) for v in constant("Col2Im", "image_shape", inputs[1], params)]
+            block = [int(v) for v in constant("Col2Im", "block_shape", inputs[2], params)]
+            nd = len(image)
+            dil = list(attr.get("dilations", [1] * nd))
+            pads = list(attr.get("pads", [0] * 2 * nd))
+            strides = list(attr.get("strides", [1] * nd))
+            n, ck, length = shape_of(bb, x)
+            kernel = int(np.prod(block))
+            c = ck // kernel
+            cols = [(image[i] + pads[i] + pads[i + nd] - dil[i] * (block[i] - 1) - 1)
+                    // strides[i] + 1 for i in range(nd)]
+            if int(np.prod(cols)) != length:
+                raise ConverterError(f"Col2Im: {length} blocks do not fit image {image}")
+            pixels = int(np.prod(image))
+            # target pixel of every (kernel offset, block) pair; out-of-image → a spare slot
+            offs = np.stack(np.unravel_index(np.arange(kernel), block), 1)  # [K, nd]
+            pos = np.stack(np.unravel_index(np.arange(length), cols), 1)  # [L, nd]
+            coord = (pos[None, :, :] * np.array(strides) - np.array(pads[:nd])
+                     + offs[:, None, :] * np.array(dil))  # [K, L, nd]
+            inside = np.all((coord >= 0) & (coord < np.array(image)), axis=-1)
+            flat = np.ravel_multi_index(tuple(np.clip(coord, 0, np.array(image) - 1)
+                                              .transpose(2, 0, 1)), image)
+            flat = np.where(inside, flat, pixels).reshape(1, 1, kernel * length)
+            index = const(np.broadcast_to(flat, (n, c, kernel * length)), "int64")
+            data = R.reshape(x, (n, c, kernel * length))
+            out = R.zeros((n, c, pixels + 1), dtype_of(bb, x))
+            out = R.scatter_elements(out, index, data, axis=2, reduction="add")
+            out = R.strided_slice(out, [2], [0], [pixels])
+            return R.reshape(out, (n, c, *image))
+
+    # ---------------------------------------------------------------- convolution family
+
+    def tvm_conv(bb: Any, x: Any, w: Any, bias: Any, attr: dict[str, Any], params: Any,
+                 opset: int) -> Any:
+        conv = fe._get_convert_map()["Conv"].get_converter(opset)
+        attr = {k: v for k, v in attr.items() if k != "tvm_custom"}
+        return conv(bb, fe.onnx_input([x, w, bias]), attr, params)
+
+    def zp_sub(x: Any, zp: Any, channel_axis: int | None, rank: int) -> Any:
+        x = R.astype(x, "int32")
+        if zp is None:
+            return x
+        zp = R.astype(zp, "int32")
+        if channel_axis is not None and len(zp.ty.shape.values) == 1:
+            shape = [1] * rank
+            shape[channel_axis] = -1
+            zp = R.reshape(zp, shape)
+        return R.subtract(x, zp)
+
+    class ConvInteger(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v10(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            x, w = inputs[0], inputs[1]
+            rank = len(shape_of(bb, x))
+            xi = bb.normalize(zp_sub(x, opt(inputs, 2), None, rank))
+            wi = bb.normalize(zp_sub(w, opt(inputs, 3), 0, rank))
+            return tvm_conv(bb, xi, wi, None, attr, params, 11)
+
+    def requantize(bb: Any, acc: Any, scale: Any, y_zp: Any, out_dtype: str) -> Any:
+        y = R.multiply(R.astype(acc, "float32"), R.astype(scale, "float32"))
+        if y_zp is not None:
+            y = R.add(y, R.astype(y_zp, "float32"))
+        info = np.iinfo(out_dtype)
+        return R.astype(R.clip(R.round(y), int(info.min), int(info.max)), out_dtype)
+
+    class QLinearConv(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v10(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            x, xs, xz, w, ws, wz, ys, yz = (opt(inputs, i) for i in range(8))
+            bias = opt(inputs, 8)
+            rank = len(shape_of(bb, x))
+            xi = bb.normalize(zp_sub(x, xz, None, rank))
+            wi = bb.normalize(zp_sub(w, wz, 0, rank))
+            acc = tvm_conv(bb, xi, wi, None if bias is None else R.astype(bias, "int32"),
+                           attr, params, 11)
+            ws = bb.normalize(ws)
+            if len(shape_of(bb, ws)) == 1 and shape_of(bb, ws)[0] > 1:
+                ws = R.reshape(ws, [1, -1] + [1] * (rank - 2))
+            scale = R.divide(R.multiply(xs, ws), ys)
+            out_dtype = dtype_of(bb, yz if yz is not None else x)
+            return requantize(bb, acc, scale, yz, out_dtype)
+
+    class QLinearMatMul(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v10(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            a, a_s, a_z, b, b_s, b_z, y_s, y_z = (opt(inputs, i) for i in range(8))
+            acc = R.matmul(zp_sub(a, a_z, None, 0), zp_sub(b, b_z, None, 0), out_dtype="int32")
+            scale = R.divide(R.multiply(a_s, b_s), y_s)
+            out_dtype = dtype_of(bb, y_z if y_z is not None else a)
+            return requantize(bb, acc, scale, y_z, out_dtype)
+
+    class CausalConvWithState(base):  # type: ignore[misc, valid-type]
+        """Depthwise causal conv1d with a carried state (Mamba-style), optional SiLU."""
+
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            x, w, bias, past = inputs[0], inputs[1], opt(inputs, 2), opt(inputs, 3)
+            b, c, _ = shape_of(bb, x)
+            k = shape_of(bb, w)[2]
+            dtype = dtype_of(bb, x)
+            act = text(attr, "activation", "none")
+            if act not in ("none", "silu", "swish"):
+                raise ConverterError(f"CausalConvWithState: activation {act!r} is not supported")
+            if past is None:
+                past = R.zeros((b, c, k - 1), dtype)
+            padded = bb.normalize(R.concat([past, x], axis=2) if k > 1 else x)
+            total = shape_of(bb, padded)[2]
+            y = R.nn.conv1d(padded, w, groups=c)
+            if bias is not None:
+                y = R.add(y, R.reshape(bias, (1, c, 1)))
+            if act != "none":
+                y32 = R.astype(y, "float32") if dtype != "float32" else y
+                y = R.astype(R.multiply(y32, R.sigmoid(y32)), dtype) if dtype != "float32" \
+                    else R.multiply(y32, R.sigmoid(y32))
+            state = (R.strided_slice(padded, [2], [total - (k - 1)], [total]) if k > 1
+                     else R.zeros((b, c, 0), dtype))
+            return relax.Tuple([y, state])
+
+    class DeformConv(base):  # type: ignore[misc, valid-type]
+        """Deformable 2-D convolution: bilinear sampling at offset positions (gathers), then a
+        grouped matmul with the weights."""
+
+        @classmethod
+        def _impl_v19(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            x, w, offset = inputs[0], inputs[1], inputs[2]
+            bias, mask = opt(inputs, 3), opt(inputs, 4)
+            n, c, h, wd = shape_of(bb, x)
+            oc, cpg, kh, kw = shape_of(bb, w)
+            _, _, oh, ow = shape_of(bb, offset)
+            if len(shape_of(bb, x)) != 4:
+                raise ConverterError("DeformConv: only 2-D convolution is supported")
+            dtype = dtype_of(bb, x)
+            group = int(attr.get("group", 1))
+            og = int(attr.get("offset_group", 1))
+            sh, sw = attr.get("strides", (1, 1))
+            dh, dw = attr.get("dilations", (1, 1))
+            ph, pw = list(attr.get("pads", (0, 0, 0, 0)))[:2]
+            kk = kh * kw
+            # base sampling positions [kk, oh, ow]
+            ki, kj = np.unravel_index(np.arange(kk), (kh, kw))
+            base_y = (np.arange(oh)[None, :, None] * sh - ph + ki[:, None, None] * dh)
+            base_x = (np.arange(ow)[None, None, :] * sw - pw + kj[:, None, None] * dw)
+            off = R.reshape(offset, (n, og, kk, 2, oh, ow))
+            py = R.add(R.squeeze(R.strided_slice(off, [3], [0], [1]), [3]),
+                       const(np.broadcast_to(base_y, (kk, oh, ow)), dtype))  # [n, og, kk, oh, ow]
+            px = R.add(R.squeeze(R.strided_slice(off, [3], [1], [2]), [3]),
+                       const(np.broadcast_to(base_x, (kk, oh, ow)), dtype))
+            y0, x0 = R.floor(py), R.floor(px)
+            ly, lx = R.subtract(py, y0), R.subtract(px, x0)
+            one = const(1.0, dtype)
+            flat = R.reshape(x, (n, og, c // og, h * wd))
+            sampled = None
+            for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+                yy = R.add(y0, const(float(dy), dtype))
+                xx = R.add(x0, const(float(dx), dtype))
+                wy = ly if dy else R.subtract(one, ly)
+                wx = lx if dx else R.subtract(one, lx)
+                valid = R.logical_and(
+                    R.logical_and(R.greater_equal(yy, const(0.0, dtype)),
+                                  R.less(yy, const(float(h), dtype))),
+                    R.logical_and(R.greater_equal(xx, const(0.0, dtype)),
+                                  R.less(xx, const(float(wd), dtype))))
+                weight = R.where(valid, R.multiply(wy, wx), const(0.0, dtype))
+                yi = R.clip(R.astype(yy, "int64"), 0, h - 1)
+                xi = R.clip(R.astype(xx, "int64"), 0, wd - 1)
+                idx = R.reshape(R.add(R.multiply(yi, const(wd, "int64")), xi),
+                                (n, og, 1, kk * oh * ow))
+                idx = R.broadcast_to(idx, (n, og, c // og, kk * oh * ow))
+                vals = R.gather_elements(flat, idx, axis=3)  # [n, og, c/og, kk*oh*ow]
+                term = R.multiply(vals, R.reshape(weight, (n, og, 1, kk * oh * ow)))
+                sampled = term if sampled is None else R.add(sampled, term)
+            if mask is not None:
+                sampled = R.multiply(sampled, R.reshape(mask, (n, og, 1, kk * oh * ow)))
+            cols = R.reshape(sampled, (n, group, (c // group) * kk, oh * ow))
+            wm = R.reshape(w, (1, group, oc // group, cpg * kk))
+            y = R.reshape(R.matmul(wm, cols), (n, oc, oh, ow))
+            if bias is not None:
+                y = R.add(y, R.reshape(bias, (1, oc, 1, 1)))
+            return y
+
+    # ---------------------------------------------------------------- attention-like
+
+    class LinearAttention(base):  # type: ignore[misc, valid-type]
+        """Recurrent linear attention (linear / gated / delta / gated_delta), unrolled over the
+        static sequence length, accumulated in float32."""
+
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            q, k, v = inputs[0], inputs[1], inputs[2]
+            past, decay, beta = opt(inputs, 3), opt(inputs, 4), opt(inputs, 5)
+            rule = text(attr, "update_rule", "gated_delta")
+            if rule not in ("linear", "gated", "delta", "gated_delta"):
+                raise ConverterError(f"LinearAttention: update_rule {rule!r} is not supported")
+            qh, kvh = int(attr.get("q_num_heads", 0)), int(attr.get("kv_num_heads", 0))
+            if qh <= 0 or kvh <= 0 or qh % kvh:
+                raise ConverterError("LinearAttention: q_num_heads must be a positive multiple "
+                                     "of kv_num_heads")
+            gating, delta = rule in ("gated", "gated_delta"), rule in ("delta", "gated_delta")
+            if (gating and decay is None) or (delta and beta is None):
+                raise ConverterError(f"LinearAttention: update_rule {rule!r} needs its inputs")
+            b, t, qd = shape_of(bb, q)
+            dk, dv = qd // qh, shape_of(bb, v)[2] // kvh
+            out_dtype = dtype_of(bb, q)
+            state_dtype = dtype_of(bb, past) if past is not None else out_dtype
+            f32 = "float32"
+
+            def heads(x: Any, nh: int) -> Any:  # [B, T, H*D] → [B, H, T, D] float32
+                bx, tx, hd = shape_of(bb, x)
+                y = R.permute_dims(R.reshape(x, (bx, tx, nh, hd // nh)), [0, 2, 1, 3])
+                return bb.emit(R.astype(y, f32) if dtype_of(bb, x) != f32 else y)
+
+            q4, k4, v4 = heads(q, qh), heads(k, kvh), heads(v, kvh)
+            if gating:
+                if shape_of(bb, decay)[2] == kvh:
+                    g4 = bb.emit(R.astype(R.permute_dims(R.reshape(decay, (b, t, kvh, 1)),
+                                                         [0, 2, 1, 3]), f32))
+                else:
+                    g4 = heads(decay, kvh)
+                g4 = bb.emit(R.exp(g4))
+            if delta:
+                bl = shape_of(bb, beta)[2]
+                b4 = bb.emit(R.astype(R.permute_dims(R.reshape(beta, (b, t, bl, 1)),
+                                                     [0, 2, 1, 3]), f32))
+            state = (R.astype(past, f32) if past is not None
+                     else R.zeros((b, kvh, dk, dv), f32))
+            scale = float(attr.get("scale", 0.0) or 0.0) or 1.0 / math.sqrt(dk)
+            group = qh // kvh
+
+            def step(x: Any, i: int) -> Any:  # [B, H, T, D] → [B, H, D]
+                return R.squeeze(R.strided_slice(x, [2], [i], [i + 1]), [2])
+
+            outs = []
+            for i in range(t):
+                k_t, v_t = step(k4, i), step(v4, i)
+                if gating:
+                    state = R.multiply(state, R.expand_dims(step(g4, i), -1))
+                if delta:
+                    got = R.squeeze(R.matmul(R.expand_dims(k_t, 2), state), [2])
+                    v_t = R.multiply(step(b4, i), R.subtract(v_t, got))
+                state = bb.emit(R.add(state, R.multiply(R.expand_dims(k_t, -1),
+                                                        R.expand_dims(v_t, 2))))
+                read = R.repeat(state, group, axis=1) if group > 1 else state
+                o = R.matmul(R.expand_dims(step(q4, i), 2), read)  # [B, Hq, 1, dv]
+                outs.append(bb.emit(R.multiply(o, const(scale, f32))))
+            y = R.concat(outs, axis=2) if len(outs) > 1 else outs[0]  # [B, Hq, T, dv]
+            y = R.reshape(R.permute_dims(y, [0, 2, 1, 3]), (b, t, qh * dv))
+            if out_dtype != f32:
+                y = R.astype(y, out_dtype)
+            if state_dtype != f32:
+                state = R.astype(state, state_dtype)
+            return relax.Tuple([y, state])
+
+    # ---------------------------------------------------------------- signal processing
+
+    def move_last(bb: Any, x: Any, axis: int) -> tuple[Any, list[int]]:
+        rank = len(shape_of(bb, x))
+        perm = [i for i in range(rank) if i != axis] + [axis]
+        return R.permute_dims(x, perm), perm
+
+    def dft_core(bb: Any, re: Any, im: Any, length: int, inverse: bool, onesided: bool,
+                 dtype: str) -> tuple[Any, Any | None]:
+        """DFT over the last axis of ``re`` (+ ``im``); returns (re, im) or (real, None) for
+        an inverse one-sided transform."""
+        n = shape_of(bb, re)[-1]
+        if inverse and onesided:  # irfft: Hermitian half spectrum → real signal
+            m = min(n, length // 2 + 1)
+            k = np.arange(m)[:, None]
+            t = np.arange(length)[None, :]
+            wgt = np.where((k == 0) | ((length % 2 == 0) & (k == length // 2)), 1.0, 2.0)
+            ang = 2 * np.pi * k * t / length
+            cr, ci = wgt * np.cos(ang) / length, -wgt * np.sin(ang) / length
+            re = R.strided_slice(re, [len(shape_of(bb, re)) - 1], [0], [m]) if m < n else re
+            out = R.matmul(re, const(cr, dtype))
+            if im is not None:
+                im = R.strided_slice(im, [len(shape_of(bb, im)) - 1], [0], [m]) if m < n else im
+                out = R.add(out, R.matmul(im, const(ci, dtype)))
+            return out, None
+        m = min(n, length)
+        bins = length // 2 + 1 if onesided and not inverse else length
+        j = np.arange(m)[:, None]
+        k = np.arange(bins)[None, :]
+        ang = 2 * np.pi * ((j * k) % length) / length
+        cos, sin = np.cos(ang), np.sin(ang)
+        if inverse:
+            cos, sin = cos / length, -sin / length  # e^{+iθ}/L = cos/L - i(-sin/L)
+        last = len(shape_of(bb, re)) - 1
+        if m < n:
+            re = R.strided_slice(re, [last], [0], [m])
+            im = None if im is None else R.strided_slice(im, [last], [0], [m])
+        c, s = const(cos, dtype), const(sin, dtype)
+        # (a + ib)(cos - i sin) = a cos + b sin + i(b cos - a sin)
+        out_re = R.matmul(re, c)
+        out_im = R.negative(R.matmul(re, s))
+        if im is not None:
+            out_re = R.add(out_re, R.matmul(im, s))
+            out_im = R.add(out_im, R.matmul(im, c))
+        return out_re, out_im
+
+    def split_complex(bb: Any, x: Any) -> tuple[Any, Any | None]:
+        shape = shape_of(bb, x)
+        last = len(shape) - 1
+        re = R.squeeze(R.strided_slice(x, [last], [0], [1]), [last])
+        if shape[-1] == 1:
+            return bb.normalize(re), None
+        if shape[-1] != 2:
+            raise ConverterError("the last dimension of a DFT/STFT signal must be 1 or 2")
+        return bb.normalize(re), bb.normalize(R.squeeze(R.strided_slice(x, [last], [1], [2]),
+                                                        [last]))
+
+    def dft(bb: Any, x: Any, length: Any, axis: int, attr: dict[str, Any], params: Any) -> Any:
+        shape = shape_of(bb, x)
+        rank = len(shape)
+        axis = axis % rank
+        if axis == rank - 1:
+            raise ConverterError("DFT: the axis must not be the last (complex) dimension")
+        inverse, onesided = bool(int(attr.get("inverse", 0))), bool(int(attr.get("onesided", 0)))
+        if length is not None:
+            length = int(constant("DFT", "dft_length", length, params).reshape(-1)[0])
+        elif inverse and onesided:
+            length = 2 * (shape[axis] - 1)
+        else:
+            length = shape[axis]
+        dtype = dtype_of(bb, x)
+        re, im = split_complex(bb, x)
+        re, perm = move_last(bb, re, axis)
+        im = None if im is None else move_last(bb, im, axis)[0]
+        out_re, out_im = dft_core(bb, bb.normalize(re), None if im is None else bb.normalize(im),
+                                  length, inverse, onesided, dtype)
+        parts = [out_re] if out_im is None else [out_re, out_im]
+        y = R.stack(parts, axis=rank - 1)  # [..., (axis moved last), c]
+        back = [*np.argsort(perm), rank - 1]
+        return R.permute_dims(y, [int(i) for i in back])
+
+    class DFT(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v17(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            return dft(bb, inputs[0], opt(inputs, 1), int(attr.get("axis", 1)), attr, params)
+
+        @classmethod
+        def _impl_v20(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            axis_in = opt(inputs, 2)
+            axis = -2 if axis_in is None else int(
+                constant("DFT", "axis", axis_in, params).reshape(-1)[0])
+            return dft(bb, inputs[0], opt(inputs, 1), axis, attr, params)
+
+    class STFT(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v17(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            x, window_in, flen_in = inputs[0], opt(inputs, 2), opt(inputs, 3)
+            step = int(constant("STFT", "frame_step", inputs[1], params).reshape(-1)[0])
+            shape = shape_of(bb, x)
+            if len(shape) != 3:
+                raise ConverterError("STFT: the signal must be [batch, length, 1 or 2]")
+            dtype = dtype_of(bb, x)
+            if flen_in is not None:
+                flen = int(constant("STFT", "frame_length", flen_in, params).reshape(-1)[0])
+            elif window_in is not None:
+                flen = shape_of(bb, window_in)[0]
+            else:
+                flen = shape[1]
+            frames = 1 + (shape[1] - flen) // step
+            onesided = bool(int(attr.get("onesided", 1)))
+            idx = np.arange(frames)[:, None] * step + np.arange(flen)[None, :]
+            framed = R.take(x, const(idx, "int64"), axis=1)  # [B, frames, flen, c]
+            re, im = split_complex(bb, framed)  # [B, frames, flen]
+            if window_in is not None:
+                re = R.multiply(re, window_in)
+                im = None if im is None else R.multiply(im, window_in)
+            out_re, out_im = dft_core(bb, bb.normalize(re),
+                                      None if im is None else bb.normalize(im), flen, False,
+                                      onesided, dtype)
+            return R.stack([out_re, out_im], axis=3)
+
+    # ---------------------------------------------------------------- control flow
+
+    def run_graph(bb: Any, graph: Any, bound: dict[str, Any], params: Any, opset: int
+                  ) -> list[Any]:
+        """Convert a subgraph (a Scan body) inline, with ``bound`` for its inputs and the
+        enclosing graph's values visible; returns its outputs."""
+        from onnx import numpy_helper
+
+        table = fe._get_convert_map()
+        outer = params[0]
+        env: dict[str, Any] = dict(outer)
+        for init in graph.initializer:
+            env[init.name] = relax.const(numpy_helper.to_array(init))
+        env.update(bound)
+        scope = [env, params[1]]
+        for node in graph.node:
+            if node.op_type not in table:
+                raise ConverterError(f"Scan: body operator {node.op_type} is not supported")
+            attr = fe.ONNXGraphImporter._parse_attr(None, node.attribute)
+            attr["tvm_custom"] = {"name": node.name, "num_outputs": len(node.output)}
+            ins = fe.onnx_input([env[i] if i else None for i in node.input])
+            out = table[node.op_type].get_converter(opset)(bb, ins, attr, scope)
+            if isinstance(out, relax.Expr):
+                out = bb.normalize(out)
+            if not isinstance(out, relax.Tuple) and isinstance(out.ty, relax.TupleType):
+                out = relax.Tuple([bb.emit(relax.TupleGetItem(out, i))
+                                   for i in range(len(out.ty.fields))])
+            if len(node.output) == 1:
+                env[node.output[0]] = out[0] if isinstance(out, relax.Tuple) else out
+            else:
+                for i, name in enumerate(node.output):
+                    if name:
+                        env[name] = out[i]
+        return [env[o.name] for o in graph.output]
+
+    def scan_loop(bb: Any, body: Any, states: list[Any], scans: list[Any], in_axes: list[int],
+                  in_dirs: list[int], out_axes: list[int], out_dirs: list[int], params: Any,
+                  opset: int) -> list[Any]:
+        names = [i.name for i in body.input]
+        n_state = len(states)
+        steps = {shape_of(bb, s)[a] for s, a in zip(scans, in_axes)}
+        if len(steps) != 1:
+            raise ConverterError("Scan: scan inputs have different lengths")
+        count = steps.pop()
+        per_step: list[list[Any]] = []
+        for it in range(count):
+            bound = dict(zip(names[:n_state], states))
+            for j, (s, a, d) in enumerate(zip(scans, in_axes, in_dirs)):
+                i = count - 1 - it if d else it
+                bound[names[n_state + j]] = bb.emit(
+                    R.squeeze(R.strided_slice(s, [a], [i], [i + 1]), [a]))
+            outs = run_graph(bb, body, bound, params, opset)
+            states = outs[:n_state]
+            per_step.append(outs[n_state:])
+        results = list(states)
+        for j in range(len(per_step[0]) if per_step else 0):
+            seq = [step[j] for step in per_step]
+            if out_dirs[j]:
+                seq = seq[::-1]
+            rank = len(shape_of(bb, seq[0])) + 1
+            results.append(R.stack(seq, axis=out_axes[j] % rank))
+        return results
+
+    class Scan(base):  # type: ignore[misc, valid-type]
+        """Scan unrolled over the static length of its scan inputs."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                return cls._convert(bb, inputs, attr, params, opset)
+            return convert
+
+        @classmethod
+        def _convert(cls, bb, inputs, attr, params, opset):  # type: ignore[no-untyped-def]
+            body = attr["body"]
+            m = int(attr["num_scan_inputs"])
+            if opset < 9:  # Scan-8: [sequence_lens], batch axis 0, scan axis 1
+                lens, rest = inputs[0], [bb.normalize(i) for i in list(inputs)[1:]]
+                states, scans = rest[:len(rest) - m], rest[len(rest) - m:]
+                if lens is not None:
+                    lv = constant("Scan", "sequence_lens", lens, params)
+                    if not (lv == shape_of(bb, scans[0])[1]).all():
+                        raise ConverterError("Scan: variable sequence_lens are not supported")
+                dirs = list(attr.get("directions", [0] * m))
+                batch = shape_of(bb, (states + scans)[0])[0]
+                per_batch = []
+                for bi in range(batch):
+                    def row(x: Any, bi: int = bi) -> Any:
+                        return bb.emit(R.squeeze(R.strided_slice(x, [0], [bi], [bi + 1]), [0]))
+                    n_out = len(body.output) - len(states)
+                    per_batch.append(scan_loop(bb, body, [row(s) for s in states],
+                                               [row(s) for s in scans], [0] * m, dirs,
+                                               [0] * n_out, [0] * n_out, params, opset))
+                return relax.Tuple([R.stack([pb[j] for pb in per_batch], axis=0)
+                                    for j in range(len(per_batch[0]))])
+            ins = [bb.normalize(i) for i in inputs]
+            states, scans = ins[:len(ins) - m], ins[len(ins) - m:]
+            n_out = len(body.output) - len(states)
+            in_axes = [int(a) % len(shape_of(bb, s))
+                       for a, s in zip(attr.get("scan_input_axes", [0] * m), scans)]
+            out = scan_loop(bb, body, states, scans, in_axes,
+                            list(attr.get("scan_input_directions", [0] * m)),
+                            list(attr.get("scan_output_axes", [0] * n_out)),
+                            list(attr.get("scan_output_directions", [0] * n_out)), params, opset)
+            return relax.Tuple(out) if len(out) > 1 else out[0]
+
+    table = {
+        "BitCast": BitCast, "BlackmanWindow": BlackmanWindow,
+        "CausalConvWithState": CausalConvWithState, "CenterCropPad": CenterCropPad,
+        "Col2Im": Col2Im, "ConvInteger": ConvInteger, "DFT": DFT, "DeformConv": DeformConv,
+        "Det": Det, "HammingWindow": HammingWindow, "HannWindow": HannWindow,
+        "LinearAttention": LinearAttention, "MelWeightMatrix": MelWeightMatrix,
+        "QLinearConv": QLinearConv, "QLinearMatMul": QLinearMatMul,
+        "ReverseSequence": ReverseSequence, "STFT": STFT, "Scan": Scan, "SwiGLU": SwiGLU,
+        "TensorScatter": TensorScatter,
+    }
+    assert set(table) == OPS
+    return table
