@@ -24,7 +24,9 @@ EXTRA_OPS = frozenset({"LSTM", "GRU", "RNN", "Celu", "Swish", "CumProd", "LpNorm
 #: ai.onnx Attention (opset 23+: heads from the input shapes, GQA, causal, masks, past KV),
 #: LayerNormalization (the Mean and InvStdDev outputs), Resize/Upsample (axes, antialias,
 #: keep_aspect_ratio_policy, half_pixel_symmetric, scales that do not divide the size).
-WRAPPED_OPS = frozenset({"Attention", "LayerNormalization", "Resize", "Upsample"})
+WRAPPED_OPS = frozenset({"Attention", "LayerNormalization", "Resize", "Upsample", "OneHot", "Pow",
+                         "Compress", "IsInf", "BitShift", "Mod", "RMSNormalization",
+                         "BatchNormalization"})
 
 _installed: dict[str, bool] = {}
 
@@ -588,8 +590,204 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
 
             return convert
 
+    def const_value(x: Any, params: Any) -> Any:
+        c = get_constant(x, params) if isinstance(x, relax.Var) else x
+        return c.value.numpy() if isinstance(c, GenericConst) else None
+
+    class OneHot(base):  # type: ignore[misc, valid-type]
+        """Constant depth (any numeric dtype); off/on values may be run-time tensors."""
+
+        @classmethod
+        def _impl_v9(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            import numpy as np
+
+            indices, values = inputs[0], inputs[2]
+            depth = const_value(inputs[1], params)
+            if depth is None:
+                raise ConverterError("OneHot: depth must be a constant")
+            depth = int(np.asarray(depth).reshape(-1)[0])
+            ndim = len(shape_of(bb, indices))
+            axis = int(attr.get("axis", -1))
+            axis = axis + ndim + 1 if axis < 0 else axis
+            idtype = dtype_of(bb, indices)
+            if idtype.startswith("float"):
+                indices = R.astype(indices, "int64")
+                idtype = "int64"
+            d = relax.const(depth, idtype)
+            indices = R.where(R.less(indices, relax.const(0, idtype)), R.add(indices, d), indices)
+            shape = [1] * (ndim + 1)
+            shape[axis] = depth
+            ramp = relax.const(np.arange(depth, dtype=idtype).reshape(shape))
+            hit = R.equal(R.expand_dims(indices, axis), ramp)
+            off = R.take(values, relax.const(0, "int64"), axis=0)
+            on = R.take(values, relax.const(1, "int64"), axis=0)
+            return R.where(hit, on, off)
+
+    class Pow(base):  # type: ignore[misc, valid-type]
+        """Mixed base/exponent dtypes: the result has the base's dtype (ONNX)."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            inner = tvm_table["Pow"].get_converter(opset)
+
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                x, y = inputs
+                xd, yd = dtype_of(bb, x), dtype_of(bb, y)
+                if xd == yd:
+                    return inner(bb, inputs, attr, params)
+                if xd.startswith("float"):
+                    return R.power(x, R.astype(y, xd))
+                fd = yd if yd.startswith("float") else "float64"
+                return R.astype(R.power(R.astype(x, fd), R.astype(y, fd)), xd)
+
+            return convert
+
+    class Compress(base):  # type: ignore[misc, valid-type]
+        """A constant condition gives a static output shape."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            inner = tvm_table["Compress"].get_converter(opset)
+
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                import numpy as np
+
+                cond = const_value(inputs[1], params)
+                if cond is None:
+                    return inner(bb, inputs, attr, params)
+                x = inputs[0]
+                idx = relax.const(np.nonzero(cond.reshape(-1))[0].astype("int64"))
+                axis = attr.get("axis")
+                if axis is None:
+                    return R.take(R.reshape(x, (-1,)), idx, axis=0)
+                return R.take(x, idx, axis=int(axis))
+
+            return convert
+
+    class IsInf(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v10(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            x = inputs[0]
+            pos, neg = int(attr.get("detect_positive", 1)), int(attr.get("detect_negative", 1))
+            inf = R.isinf(x)
+            zero = relax.const(0, dtype_of(bb, x))
+            if pos and neg:
+                return inf
+            if pos:
+                return R.logical_and(inf, R.greater(x, zero))
+            if neg:
+                return R.logical_and(inf, R.less(x, zero))
+            return R.logical_and(inf, R.not_equal(x, x))  # all False
+
+    class BitShift(base):  # type: ignore[misc, valid-type]
+        """Shifts by a negative amount or by the bit width or more (ONNX: 0, or -1 for a
+        right shift of a negative signed value)."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            inner = tvm_table["BitShift"].get_converter(opset)
+
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                x, s = inputs
+                if const_value(x, params) is not None and const_value(s, params) is not None:
+                    return inner(bb, inputs, attr, params)
+                dtype = dtype_of(bb, x)
+                width = int("".join(c for c in dtype if c.isdigit()))
+                zero = relax.const(0, dtype)
+                bad = R.logical_or(R.less(s, zero), R.greater_equal(s, relax.const(width, dtype)))
+                safe = R.where(bad, zero, s)
+                if _s(attr, "direction", "LEFT") == "LEFT":
+                    return R.where(bad, zero, R.left_shift(x, safe))
+                fill = zero
+                if not dtype.startswith("u"):
+                    fill = R.where(R.less(x, zero), relax.const(-1, dtype), zero)
+                return R.where(bad, fill, R.right_shift(x, safe))
+
+            return convert
+
+    class Mod(base):  # type: ignore[misc, valid-type]
+        """Float fmod=0 (Python/numpy semantics): fmod, then shift towards the divisor's sign
+        (keeps -3 mod inf = inf, x mod 0 = nan, where x - floor(x/y)*y gives nan)."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            inner = tvm_table["Mod"].get_converter(opset)
+
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                x, y = inputs
+                dtype = dtype_of(bb, x)
+                if int(attr.get("fmod", 0)) or not dtype.startswith("float") or all(
+                        const_value(v, params) is not None for v in (x, y)):
+                    return inner(bb, inputs, attr, params)
+                zero = relax.const(0, dtype)
+                r = bb.normalize(R.mod(x, y))
+                flip = R.logical_and(R.not_equal(r, zero),
+                                     R.logical_xor(R.less(r, zero), R.less(y, zero)))
+                return R.where(flip, R.add(r, y), r)
+
+            return convert
+
+    class RMSNormalization(base):  # type: ignore[misc, valid-type]
+        """TVM's rms_norm fails to build when every axis is normalized: compute it directly."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            inner = tvm_table["RMSNormalization"].get_converter(opset)
+
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                x, scale = inputs[0], inputs[1]
+                ndim = len(shape_of(bb, x))
+                axis = int(attr.get("axis", -1))
+                axis = axis + ndim if axis < 0 else axis
+                if axis != 0:
+                    return inner(bb, inputs, attr, params)
+                dtype = dtype_of(bb, x)
+                cd = "float32" if int(attr.get("stash_type", 1)) == 1 else dtype
+                xc = x if cd == dtype else R.astype(x, cd)
+                ms = R.mean(R.multiply(xc, xc), list(range(ndim)), keepdims=True)
+                eps = relax.const(float(attr.get("epsilon", 1e-5)), cd)
+                y = R.multiply(R.multiply(xc, R.rsqrt(R.add(ms, eps))),
+                               scale if dtype_of(bb, scale) == cd else R.astype(scale, cd))
+                return y if cd == dtype else R.astype(y, dtype)
+
+            return convert
+
+    class BatchNormalization(base):  # type: ignore[misc, valid-type]
+        """training_mode=1: batch statistics; ONNX's running statistics are
+        ``input * momentum + batch * (1 - momentum)``."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            inner = tvm_table["BatchNormalization"].get_converter(opset)
+
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                if not int(attr.get("training_mode", 0)):
+                    return inner(bb, inputs, attr, params)
+                x, scale, bias, mean, var = inputs[:5]
+                dtype = dtype_of(bb, x)
+                if dtype != "float32" and dtype != "float64":
+                    return inner(bb, inputs, attr, params)
+                nd = len(shape_of(bb, x))
+                axes = [0, *range(2, nd)]
+                bshape = [1, -1] + [1] * (nd - 2)
+                mk = bb.normalize(R.mean(x, axes, keepdims=True))
+                vk = bb.normalize(R.mean(R.square(R.subtract(x, mk)), axes, keepdims=True))
+                m, v = R.squeeze(mk, axes), R.squeeze(vk, axes)
+                eps = relax.const(float(attr.get("epsilon", 1e-5)), dtype)
+                mom = float(attr.get("momentum", 0.9))
+                y = R.add(R.multiply(R.divide(R.subtract(x, mk), R.sqrt(R.add(vk, eps))),
+                                     R.reshape(scale, bshape)), R.reshape(bias, bshape))
+                a, b = relax.const(mom, dtype), relax.const(1.0 - mom, dtype)
+                rm = R.add(R.multiply(mean, a), R.multiply(m, b))
+                rv = R.add(R.multiply(var, a), R.multiply(v, b))
+                return relax.Tuple([bb.normalize(y), bb.normalize(rm), bb.normalize(rv)])
+
+            return convert
+
     return {"Attention": Attention, "LayerNormalization": LayerNormalization, "Resize": Resize,
-            "Upsample": Upsample}
+            "Upsample": Upsample, "OneHot": OneHot, "Pow": Pow, "Compress": Compress,
+            "IsInf": IsInf, "BitShift": BitShift, "Mod": Mod,
+            "RMSNormalization": RMSNormalization, "BatchNormalization": BatchNormalization}
 
 
 def _s(attr: dict[str, Any], name: str, default: str) -> str:

@@ -153,21 +153,33 @@ def _one_round(model: onnx.ModelProto, stats: FoldStats) -> bool:
             stats.inlined_ifs += 1
             changed = True
             continue
+        # A node producing a graph output stays computed, except Shape/Size: their value
+        # depends only on the (fixed) input shapes, and TVM returns them as R.Shape, which is
+        # not a tensor output. They become Constant nodes that keep the output's name.
+        shape_out = (node.op_type in ("Shape", "Size") and node.input[0] in shapes
+                     and any(o in graph_outputs for o in node.output))
         foldable = (node.domain in ("", "ai.onnx") and node.op_type not in _NEVER_FOLD
                     and not _has_subgraph(node)
-                    and not any(o in graph_outputs for o in node.output))
+                    and (shape_out or not any(o in graph_outputs for o in node.output)))
         if foldable:
             if node.op_type == "Shape" and node.input[0] in shapes:
                 shape = np.array(shapes[node.input[0]], dtype=np.int64)
                 attrs = {a.name: a.i for a in node.attribute}
                 start, end = attrs.get("start", 0), attrs.get("end", len(shape))
-                value = [shape[start:end] if "end" in attrs else shape[start:]]
+                value = [shape[start:end]]
             elif node.op_type == "Size" and node.input[0] in shapes:
                 value = [np.array(int(np.prod(shapes[node.input[0]])), dtype=np.int64)]
             elif node.op_type == "Constant" or all(not i or i in consts for i in node.input):
                 value = _evaluate(node, [consts.get(i) for i in node.input], model.opset_import)
         if value is not None and _expands_weights(value, [consts.get(i) for i in node.input]):
             value = None  # e.g. int8 weights dequantized to float: keep them small, compute late
+        if value is not None and shape_out:
+            new_nodes.append(helper.make_node(
+                "Constant", [], [node.output[0]], name=node.name or f"{node.op_type}_folded",
+                value=numpy_helper.from_array(value[0], node.output[0])))
+            stats.folded_nodes += 1
+            changed = True
+            continue
         if value is not None and len(value) == len([o for o in node.output if o]) and all(
                 v.size <= _MAX_FOLD_ELEMENTS for v in value):
             for name, v in zip([o for o in node.output if o], value):
