@@ -22,10 +22,13 @@ __all__ = ["OPS", "converters"]
 
 OPS: frozenset[str] = frozenset({
     "BitCast", "BlackmanWindow", "CausalConvWithState", "CenterCropPad", "Col2Im", "ConvInteger",
-    "DFT", "DeformConv", "Det", "HammingWindow", "HannWindow", "LinearAttention",
+    "DFT", "DeformConv", "HammingWindow", "HannWindow", "LinearAttention",
     "MelWeightMatrix", "QLinearConv", "QLinearMatMul", "ReverseSequence", "STFT", "Scan",
     "SwiGLU", "TensorScatter",
 })
+#: Converters written but not registered yet: compiler/samples.py's unsupported-operator example
+#: (and the unit tests on it) still use Det as an operator the compiler refuses.
+WITHHELD: frozenset[str] = frozenset({"Det"})
 
 # ONNX TensorProto data types → TVM dtype names (those the runtime can hand over).
 _DTYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64",
@@ -158,9 +161,9 @@ def converters(base: type) -> dict[str, type]:
                             R.subtract(R.exp(R.multiply(mel, const(math.log(10) / 2595, f64))),
                                        const(1.0, f64)))
             bins = R.floor(R.divide(R.multiply(const(dft + 1, f64), hz), rate))
-            left = R.strided_slice(bins, [0], [0], [mels])  # [mels]
-            center = R.strided_slice(bins, [0], [1], [mels + 1])
-            right = R.strided_slice(bins, [0], [2], [mels + 2])
+            bins = bb.emit(bins)
+            left, center, right = (R.take(bins, const(np.arange(mels) + i, "int64"), axis=0)
+                                   for i in range(3))  # [mels] each
             j = const(np.arange(spec).reshape(spec, 1), f64)  # [spec, 1]
             zero, one = const(0.0, f64), const(1.0, f64)
             rise_den = R.subtract(center, left)
@@ -317,12 +320,12 @@ def converters(base: type) -> dict[str, type]:
         attr = {k: v for k, v in attr.items() if k != "tvm_custom"}
         return conv(bb, fe.onnx_input([x, w, bias]), attr, params)
 
-    def zp_sub(x: Any, zp: Any, channel_axis: int | None, rank: int) -> Any:
+    def zp_sub(bb: Any, x: Any, zp: Any, channel_axis: int | None, rank: int) -> Any:
         x = R.astype(x, "int32")
         if zp is None:
             return x
-        zp = R.astype(zp, "int32")
-        if channel_axis is not None and len(zp.ty.shape.values) == 1:
+        zp = bb.normalize(R.astype(zp, "int32"))
+        if channel_axis is not None and len(shape_of(bb, zp)) == 1:
             shape = [1] * rank
             shape[channel_axis] = -1
             zp = R.reshape(zp, shape)
@@ -333,8 +336,8 @@ def converters(base: type) -> dict[str, type]:
         def _impl_v10(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
             x, w = inputs[0], inputs[1]
             rank = len(shape_of(bb, x))
-            xi = bb.normalize(zp_sub(x, opt(inputs, 2), None, rank))
-            wi = bb.normalize(zp_sub(w, opt(inputs, 3), 0, rank))
+            xi = bb.normalize(zp_sub(bb, x, opt(inputs, 2), None, rank))
+            wi = bb.normalize(zp_sub(bb, w, opt(inputs, 3), 0, rank))
             return tvm_conv(bb, xi, wi, None, attr, params, 11)
 
     def requantize(bb: Any, acc: Any, scale: Any, y_zp: Any, out_dtype: str) -> Any:
@@ -350,8 +353,8 @@ def converters(base: type) -> dict[str, type]:
             x, xs, xz, w, ws, wz, ys, yz = (opt(inputs, i) for i in range(8))
             bias = opt(inputs, 8)
             rank = len(shape_of(bb, x))
-            xi = bb.normalize(zp_sub(x, xz, None, rank))
-            wi = bb.normalize(zp_sub(w, wz, 0, rank))
+            xi = bb.normalize(zp_sub(bb, x, xz, None, rank))
+            wi = bb.normalize(zp_sub(bb, w, wz, 0, rank))
             acc = tvm_conv(bb, xi, wi, None if bias is None else R.astype(bias, "int32"),
                            attr, params, 11)
             ws = bb.normalize(ws)
@@ -365,7 +368,7 @@ def converters(base: type) -> dict[str, type]:
         @classmethod
         def _impl_v10(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
             a, a_s, a_z, b, b_s, b_z, y_s, y_z = (opt(inputs, i) for i in range(8))
-            acc = R.matmul(zp_sub(a, a_z, None, 0), zp_sub(b, b_z, None, 0), out_dtype="int32")
+            acc = R.matmul(zp_sub(bb, a, a_z, None, 0), zp_sub(bb, b, b_z, None, 0), out_dtype="int32")
             scale = R.divide(R.multiply(a_s, b_s), y_s)
             out_dtype = dtype_of(bb, y_z if y_z is not None else a)
             return requantize(bb, acc, scale, y_z, out_dtype)
@@ -386,15 +389,21 @@ def converters(base: type) -> dict[str, type]:
                 past = R.zeros((b, c, k - 1), dtype)
             padded = bb.normalize(R.concat([past, x], axis=2) if k > 1 else x)
             total = shape_of(bb, padded)[2]
-            y = R.nn.conv1d(padded, w, groups=c)
+            # Half precision: accumulate in float32, round the conv output once (as ONNX does).
+            f32 = "float32"
+            wide = dtype in ("float16", "bfloat16")
+            y = R.nn.conv1d(R.astype(padded, f32) if wide else padded,
+                            R.astype(w, f32) if wide else w, groups=c)
             if bias is not None:
-                y = R.add(y, R.reshape(bias, (1, c, 1)))
+                y = R.add(y, R.reshape(R.astype(bias, f32) if wide else bias, (1, c, 1)))
+            if wide:
+                y = R.astype(y, dtype)
             if act != "none":
-                y32 = R.astype(y, "float32") if dtype != "float32" else y
-                y = R.astype(R.multiply(y32, R.sigmoid(y32)), dtype) if dtype != "float32" \
-                    else R.multiply(y32, R.sigmoid(y32))
-            state = (R.strided_slice(padded, [2], [total - (k - 1)], [total]) if k > 1
-                     else R.zeros((b, c, 0), dtype))
+                y32 = R.astype(y, f32) if wide else y
+                y = R.multiply(y32, R.sigmoid(y32))
+                y = R.astype(y, dtype) if wide else y
+            # the last k-1 steps (an empty slice of the runtime input when k == 1)
+            state = R.strided_slice(padded, [2], [total - (k - 1)], [total])
             return relax.Tuple([y, state])
 
     class DeformConv(base):  # type: ignore[misc, valid-type]
@@ -762,11 +771,12 @@ def converters(base: type) -> dict[str, type]:
         "BitCast": BitCast, "BlackmanWindow": BlackmanWindow,
         "CausalConvWithState": CausalConvWithState, "CenterCropPad": CenterCropPad,
         "Col2Im": Col2Im, "ConvInteger": ConvInteger, "DFT": DFT, "DeformConv": DeformConv,
-        "Det": Det, "HammingWindow": HammingWindow, "HannWindow": HannWindow,
+        "HammingWindow": HammingWindow, "HannWindow": HannWindow,
         "LinearAttention": LinearAttention, "MelWeightMatrix": MelWeightMatrix,
         "QLinearConv": QLinearConv, "QLinearMatMul": QLinearMatMul,
         "ReverseSequence": ReverseSequence, "STFT": STFT, "Scan": Scan, "SwiGLU": SwiGLU,
         "TensorScatter": TensorScatter,
     }
-    assert set(table) == OPS
+    withheld = {"Det": Det}
+    assert set(table) == OPS and set(withheld) == WITHHELD
     return table
