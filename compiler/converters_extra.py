@@ -22,7 +22,7 @@ __all__ = ["OPS", "converters"]
 
 OPS: frozenset[str] = frozenset({
     "BitCast", "BlackmanWindow", "CausalConvWithState", "CenterCropPad", "Col2Im", "ConvInteger",
-    "DFT", "DeformConv", "HammingWindow", "HannWindow", "LinearAttention",
+    "DFT", "DeformConv", "HammingWindow", "HannWindow", "LinearAttention", "Loop",
     "MelWeightMatrix", "QLinearConv", "QLinearMatMul", "ReverseSequence", "STFT", "Scan",
     "SwiGLU", "TensorScatter",
 })
@@ -678,7 +678,7 @@ def converters(base: type) -> dict[str, type]:
         scope = [env, params[1]]
         for node in graph.node:
             if node.op_type not in table:
-                raise ConverterError(f"Scan: body operator {node.op_type} is not supported")
+                raise ConverterError(f"loop body operator {node.op_type} is not supported")
             attr = fe.ONNXGraphImporter._parse_attr(None, node.attribute)
             attr["tvm_custom"] = {"name": node.name, "num_outputs": len(node.output)}
             ins = fe.onnx_input([env[i] if i else None for i in node.input])
@@ -767,12 +767,74 @@ def converters(base: type) -> dict[str, type]:
                             list(attr.get("scan_output_directions", [0] * n_out)), params, opset)
             return relax.Tuple(out) if len(out) > 1 else out[0]
 
+    #: Longest Loop unrolled at compile time.
+    max_unroll = 4096
+
+    class Loop(base):  # type: ignore[misc, valid-type]
+        """Loop unrolled at compile time: the trip count and the initial condition must be
+        constants and the body must keep the condition unchanged (``cond_out = cond_in`` or a
+        constant true), i.e. a for-loop; data-dependent while-loops are refused."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                return cls._convert(bb, inputs, attr, params, opset)
+            return convert
+
+        @classmethod
+        def _convert(cls, bb, inputs, attr, params, opset):  # type: ignore[no-untyped-def]
+            body = attr["body"]
+            trip_in, cond_in = opt(inputs, 0), opt(inputs, 1)
+            if trip_in is None:
+                raise ConverterError("Loop: a loop without a trip count (a while-loop) is not "
+                                     "supported")
+            trips = int(constant("Loop", "trip count (M)", trip_in, params).reshape(-1)[0])
+            cond = True if cond_in is None else bool(
+                constant("Loop", "cond", cond_in, params).reshape(-1)[0])
+            b_in = [i.name for i in body.input]
+            b_out = [o.name for o in body.output]
+            keeps = b_out[0] == b_in[1] or any(
+                n.op_type == "Identity" and list(n.input) == [b_in[1]] and n.output[0] == b_out[0]
+                for n in body.node)
+            if not keeps:
+                from onnx import numpy_helper
+
+                for n in body.node:
+                    if n.op_type == "Constant" and n.output[0] == b_out[0]:
+                        keeps = bool(numpy_helper.to_array(n.attribute[0].t).reshape(-1)[0])
+            if not keeps:
+                raise ConverterError("Loop: the body computes its condition (a data-dependent "
+                                     "while-loop); only for-loops are unrolled")
+            if not cond:
+                trips = 0
+            if trips > max_unroll:
+                raise ConverterError(f"Loop: {trips} iterations is over the unroll limit "
+                                     f"({max_unroll})")
+            carried = [bb.normalize(v) for v in list(inputs)[2:]]
+            n_carried = len(carried)
+            if trips == 0:
+                if len(b_out) - 1 > n_carried:
+                    raise ConverterError("Loop: zero iterations with scan outputs")
+                return relax.Tuple(carried) if len(carried) > 1 else carried[0]
+            cond_v = relax.const(True, "bool")
+            per_step = []
+            for i in range(trips):
+                bound = {b_in[0]: relax.const(np.int64(i), "int64"), b_in[1]: cond_v,
+                         **dict(zip(b_in[2:], carried))}
+                outs = run_graph(bb, body, bound, params, opset)
+                carried = [bb.normalize(o) for o in outs[1:1 + n_carried]]
+                per_step.append(outs[1 + n_carried:])
+            results = list(carried)
+            for j in range(len(per_step[0])):
+                results.append(R.stack([step[j] for step in per_step], axis=0))
+            return relax.Tuple(results) if len(results) > 1 else results[0]
+
     table = {
         "BitCast": BitCast, "BlackmanWindow": BlackmanWindow,
         "CausalConvWithState": CausalConvWithState, "CenterCropPad": CenterCropPad,
         "Col2Im": Col2Im, "ConvInteger": ConvInteger, "DFT": DFT, "DeformConv": DeformConv,
         "HammingWindow": HammingWindow, "HannWindow": HannWindow,
-        "LinearAttention": LinearAttention, "MelWeightMatrix": MelWeightMatrix,
+        "LinearAttention": LinearAttention, "Loop": Loop, "MelWeightMatrix": MelWeightMatrix,
         "QLinearConv": QLinearConv, "QLinearMatMul": QLinearMatMul,
         "ReverseSequence": ReverseSequence, "STFT": STFT, "Scan": Scan, "SwiGLU": SwiGLU,
         "TensorScatter": TensorScatter,
