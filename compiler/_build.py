@@ -38,6 +38,8 @@ class BuildResult:
     timings: dict[str, float] = field(default_factory=dict)
     kernels: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: CPU builds: the schedule options and one entry per scheduled function (optimize.build_cpu).
+    schedule: dict[str, Any] = field(default_factory=dict)
 
 
 def warm_up() -> None:
@@ -90,6 +92,7 @@ def build(req: BuildRequest, progress: Callable[[str], None]) -> BuildResult:
     progress("compile")
     target = tvm.target.Target(req.target)
     notes: list[str] = []
+    schedule: dict[str, Any] = {}
     try:
         if req.cuda_arch:
             from .cuda import enable_aot_cuda
@@ -104,13 +107,14 @@ def build(req: BuildRequest, progress: Callable[[str], None]) -> BuildResult:
                 executable = build_cpu(
                     mod, target, tune_trials=req.tune_trials,
                     database_dir=Path(req.database_dir) if req.database_dir else None,
-                    options=req.optimize,
+                    options=req.optimize, report=schedule,
                 )
             except Exception as e:  # a scheduling bug must not cost the user the artifact
                 note = (f"the scheduled CPU build failed ({_first_line(e)}); built with TVM's "
                         "default pipeline instead (slower code)")
                 logger.warning(note)
                 notes.append(note)
+                schedule = {}
                 executable = tvm.compile(mod, target=target)
     except CompileError:
         raise
@@ -133,7 +137,8 @@ def build(req: BuildRequest, progress: Callable[[str], None]) -> BuildResult:
         raise CompileError(f"linking the library with {req.cc} failed: {_first_line(e)}") from e
     timings["export_s"] = time.perf_counter() - t2
     return BuildResult(library=str(out), outputs=outputs, timings=timings,
-                       kernels="fatbin" if req.cuda_arch else None, notes=notes)
+                       kernels="fatbin" if req.cuda_arch else None, notes=notes,
+                       schedule=schedule)
 
 
 def _first_line(e: BaseException) -> str:

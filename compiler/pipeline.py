@@ -8,7 +8,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from onnx import numpy_helper
 from pydantic import BaseModel, ConfigDict
@@ -38,6 +38,23 @@ def tuning_db(configured: str | None = None) -> Path:
         return Path(configured)
     env = os.environ.get("EDGEFORGE_TUNING_DB")
     return Path(env) if env else Path.home() / ".cache" / "edgeforge" / "tuning-db"
+
+
+def _tuning_info(spec: CompileSpec, schedule: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's record of how the code was scheduled: the options, and per scheduled
+    function its workload, the schedule's source (database record, timed sample, untimed sample)
+    and digest. ``records_digest`` names the whole set: two artifacts of one model and profile
+    with the same digest were built from the same schedules."""
+    import hashlib
+    import json
+
+    records = list(schedule.get("schedules", []))
+    digest_src = json.dumps(sorted((r["workload"], r.get("schedule", "")) for r in records))
+    return {"trials": spec.options.tune_trials,
+            "database": tuning_db(spec.options.tuning_db).name,
+            "schedule_options": schedule.get("options"),
+            "records": records,
+            "records_digest": hashlib.sha256(digest_src.encode()).hexdigest()[:16]}
 
 #: progress(profile, stage) with stage in validate/import/compile/export/verify/sign/done/failed
 Progress = Callable[[str, str], None]
@@ -149,8 +166,7 @@ def _one(validated: ValidatedModel, folded: tuple[bytes, FoldStats], source: byt
                 "options": spec.options.model_dump(),
                 "input_shapes": spec.input_shapes,
                 "constant_inputs": spec.constant_inputs,
-                "tuning": {"trials": spec.options.tune_trials,
-                           "database": tuning_db(spec.options.tuning_db).name},
+                "tuning": _tuning_info(spec, built.schedule),
                 "profile_revision": profile.revision,
                 "kernels": built.kernels,
                 "notes": built.notes,
