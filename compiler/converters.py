@@ -21,7 +21,8 @@ EXTRA_OPS = frozenset({"LSTM", "GRU", "RNN", "Celu", "Swish", "CumProd", "LpNorm
                        "NegativeLogLikelihoodLoss", "SoftmaxCrossEntropyLoss",
                        "RotaryEmbedding"}) | converters_extra.OPS
 #: Operators TVM converts, whose converters edgeforge wraps to cover more of the ONNX spec:
-#: ai.onnx Attention (opset 23+: heads from the input shapes, GQA, causal, masks, past KV),
+#: ai.onnx Attention (opset 23+: heads from the input shapes, GQA, causal, masks, past KV,
+#: sliding windows, nonpad_kv_seqlen, softcap, softmax_precision),
 #: LayerNormalization (the Mean and InvStdDev outputs), Resize/Upsample (axes, antialias,
 #: keep_aspect_ratio_policy, half_pixel_symmetric, scales that do not divide the size).
 WRAPPED_OPS = frozenset({"Attention", "LayerNormalization", "Resize", "Upsample", "OneHot", "Pow",
@@ -440,18 +441,20 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
 
         @classmethod
         def _onnx(cls, bb, inputs, attr):  # type: ignore[no-untyped-def]
+            """Follows ONNX's reference (onnx/reference/ops/op_attention.py) step by step."""
+            import numpy as np
+
             def opt(i: int) -> Any:
                 return inputs[i] if len(inputs) > i and inputs[i] is not None else None
 
             known = {"is_causal", "kv_num_heads", "q_num_heads", "qk_matmul_output_mode", "scale",
-                     "softcap", "softmax_precision", "tvm_custom"}
+                     "softcap", "softmax_precision", "left_window_size", "right_window_size",
+                     "tvm_custom"}
             unknown = sorted(set(attr) - known)
             if unknown:
                 raise ConverterError(f"Attention: attributes {unknown} are not supported")
             q, k, v = inputs[0], inputs[1], inputs[2]
-            mask, past_k, past_v = opt(3), opt(4), opt(5)
-            if opt(6) is not None:
-                raise ConverterError("Attention: nonpad_kv_seqlen is not supported")
+            mask, past_k, past_v, nonpad = opt(3), opt(4), opt(5), opt(6)
             dtype = dtype_of(bb, q)
             three_d = len(shape_of(bb, q)) == 3
 
@@ -466,6 +469,7 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
                 q = heads_4d(q, attr.get("q_num_heads"))
                 k = heads_4d(k, attr.get("kv_num_heads"))
                 v = heads_4d(v, attr.get("kv_num_heads"))
+            past_len = shape_of(bb, past_k)[2] if past_k is not None else 0
             if past_k is not None:
                 k = bb.normalize(R.concat([past_k, k], axis=2))
             if past_v is not None:
@@ -473,39 +477,91 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
             present_k, present_v = k, v
             b, qh, sq, hd = shape_of(bb, q)
             kh, skv = shape_of(bb, k)[1], shape_of(bb, k)[2]
+            scale = attr.get("scale")
+            scale = float(scale) if scale is not None else 1.0 / math.sqrt(hd)
+            root = relax.const(np.sqrt(np.float64(scale)).astype(dtype), dtype)
+            neg = relax.const(float("-inf"), dtype)
+            zero = relax.const(0.0, dtype)
+
+            def as_bias(m: Any) -> Any:
+                return R.where(m, zero, neg) if dtype_of(bb, m) == "bool" else m
+
+            if mask is not None:
+                mshape = shape_of(bb, mask)
+                if mshape[-1] < skv:  # ONNX pads a short mask with "masked"
+                    pad = skv - mshape[-1]
+                    fill = (relax.const(np.zeros([*mshape[:-1], pad], dtype=bool))
+                            if dtype_of(bb, mask) == "bool" else
+                            relax.const(np.full([*mshape[:-1], pad], -np.inf, dtype=dtype)))
+                    mask = bb.normalize(R.concat([mask, fill], axis=-1))
+            # Per-batch offset of the causal/window frontier: nonpad_kv_seqlen - q_len (an
+            # external cache) or the internal cache length.
+            ii = relax.const(np.arange(sq, dtype="int64").reshape(sq, 1), "int64")
+            jj = relax.const(np.arange(skv, dtype="int64").reshape(1, skv), "int64")
+            if nonpad is not None:
+                nonpad = bb.normalize(R.astype(nonpad, "int64"))
+                off = bb.normalize(R.reshape(R.subtract(nonpad, relax.const(sq, "int64")),
+                                             (b, 1, 1, 1)))
+            else:
+                off = relax.const(past_len, "int64")
+            diff = bb.normalize(R.subtract(R.add(ii, off), jj))  # query pos - key pos
+            bias = as_bias(mask) if mask is not None else None
+            if int(attr.get("is_causal", 0)):
+                causal = R.where(R.greater_equal(diff, relax.const(0, "int64")), zero, neg)
+                bias = causal if bias is None else R.add(bias, causal)
+            left = int(attr.get("left_window_size", -1))
+            right = int(attr.get("right_window_size", -1))
+            if left >= 0 or right >= 0:
+                allowed = None
+                if left >= 0:
+                    allowed = R.less_equal(diff, relax.const(left, "int64"))
+                if right >= 0:
+                    r_ok = R.less_equal(R.negative(diff), relax.const(right, "int64"))
+                    allowed = r_ok if allowed is None else R.logical_and(allowed, r_ok)
+                window = R.where(allowed, zero, neg)
+                bias = window if bias is None else R.add(bias, window)
+            if nonpad is not None:
+                keep = bb.normalize(R.less(jj, R.reshape(nonpad, (b, 1))))
+                padm = R.reshape(bb.normalize(R.where(keep, zero, neg)), (b, 1, 1, skv))
+                bias = padm if bias is None else R.add(bias, padm)
+            if bias is not None:
+                bias = bb.normalize(bias)
             if qh != kh:
                 if qh % kh:
                     raise ConverterError("Attention: q heads must be a multiple of kv heads")
                 k = R.repeat(k, qh // kh, axis=1)
                 v = R.repeat(v, qh // kh, axis=1)
-            scale = attr.get("scale")
-            scale = float(scale) if scale is not None else 1.0 / math.sqrt(hd)
-            scores = R.multiply(R.matmul(q, R.permute_dims(k, [0, 1, 3, 2])),
-                                relax.const(scale, dtype))
-            qk_raw = scores
-            neg = relax.const(float("-inf"), dtype)
-            if mask is not None:
-                mdtype = dtype_of(bb, mask)
-                scores = R.where(mask, scores, neg) if mdtype == "bool" else R.add(scores, mask)
-            if int(attr.get("is_causal", 0)):
-                import numpy as np
-
-                # ONNX aligns the causal mask upper-left: query i sees keys 0..i.
-                allowed = np.tril(np.ones((sq, skv), dtype=bool))
-                scores = R.where(relax.const(allowed), scores, neg)
+            qk = R.matmul(R.multiply(q, root), R.permute_dims(R.multiply(k, root), [0, 1, 3, 2]))
             softcap = float(attr.get("softcap", 0.0) or 0.0)
             if softcap > 0:
                 cap = relax.const(softcap, dtype)
-                scores = R.multiply(cap, R.tanh(R.divide(scores, cap)))
-            probs = R.nn.softmax(scores, axis=-1)
-            # A fully masked row is all -inf: softmax gives NaN, ONNX wants zeros.
-            probs = R.where(R.isnan(probs), relax.const(0.0, dtype), probs)
+                qk = R.multiply(R.tanh(R.divide(qk, cap)), cap)
+            qk = bb.normalize(qk)
+            scores = qk if bias is None else bb.normalize(R.add(qk, bias))
+            sdtype = dtype
+            if attr.get("softmax_precision") is not None:
+                from onnx import helper
+
+                sdtype = str(helper.tensor_dtype_to_np_dtype(int(attr["softmax_precision"])))
+            x = scores if sdtype == dtype else R.astype(scores, sdtype)
+            x_max = R.max(x, axis=-1, keepdims=True)
+            szero, sone = relax.const(0.0, sdtype), relax.const(1.0, sdtype)
+            safe = R.where(R.equal(x_max, relax.const(float("-inf"), sdtype)), szero, x_max)
+            e = bb.normalize(R.exp(R.subtract(x, safe)))
+            tot = R.sum(e, axis=-1, keepdims=True)
+            probs = R.divide(e, R.where(R.equal(tot, szero), sone, tot))
+            if bias is not None:  # rows the bias masks entirely are zeros
+                dead = R.equal(R.max(bias, axis=-1, keepdims=True), neg)
+                probs = R.where(dead, szero, probs)
+            if sdtype != dtype:
+                probs = R.astype(probs, dtype)
+            probs = bb.normalize(probs)
             y = R.matmul(probs, v)
             if three_d:
                 vh = shape_of(bb, v)[3]
                 y = R.reshape(R.permute_dims(y, [0, 2, 1, 3]), (b, sq, qh * vh))
             mode = int(attr.get("qk_matmul_output_mode", 0))
-            qk_out = {0: qk_raw, 1: scores, 2: scores, 3: probs}.get(mode, qk_raw)
+            qk_out = {2: scores, 3: probs}.get(mode, qk)
             return relax.Tuple([y, present_k, present_v, qk_out])
 
     class LayerNormalization(base):  # type: ignore[misc, valid-type]

@@ -19,6 +19,9 @@ CASES = [
     "test_cumprod_1d_reverse_exclusive", # edgeforge converter
     "test_attention_4d",                 # edgeforge's ai.onnx Attention
     "test_attention_4d_gqa",
+    "test_attention_local_window_with_past",  # sliding window, cache offset
+    "test_attention_4d_causal_nonpad_batch_prefill",  # nonpad_kv_seqlen
+    "test_attention_4d_softcap_neginf_mask_poison",
     "test_layer_normalization_4d_axis1", # Mean/InvStdDev outputs
     "test_softmax_axis_1",
     "test_matmul_2d",
