@@ -18,14 +18,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["OPS", "converters"]
+__all__ = ["DOMAINS", "OPS", "WITHHELD", "converters"]
 
 OPS: frozenset[str] = frozenset({
     "BitCast", "BlackmanWindow", "CausalConvWithState", "CenterCropPad", "Col2Im", "ConvInteger",
-    "DFT", "DeformConv", "HammingWindow", "HannWindow", "LinearAttention", "Loop",
+    "DFT", "DeformConv", "FlexAttention", "HammingWindow", "HannWindow", "LinearAttention", "Loop",
     "MelWeightMatrix", "QLinearConv", "QLinearMatMul", "ReverseSequence", "STFT", "Scan",
     "SwiGLU", "TensorScatter",
 })
+#: Operators of OPS that live in another ONNX domain than ai.onnx (the pre-flight must accept
+#: ``domain::op`` for these).
+DOMAINS: dict[str, str] = {"FlexAttention": "ai.onnx.preview"}
 #: Converters written but not registered yet: compiler/samples.py's unsupported-operator example
 #: (and the unit tests on it) still use Det as an operator the compiler refuses.
 WITHHELD: frozenset[str] = frozenset({"Det"})
@@ -540,6 +543,54 @@ def converters(base: type) -> dict[str, type]:
                 state = R.astype(state, state_dtype)
             return relax.Tuple([y, state])
 
+    class FlexAttention(base):  # type: ignore[misc, valid-type]
+        """ai.onnx.preview FlexAttention: scaled dot-product attention whose scores and
+        probabilities may pass through user subgraphs (score_mod, prob_mod), converted inline."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                return cls._convert(bb, inputs, attr, params, opset)
+            return convert
+
+        @classmethod
+        def _convert(cls, bb, inputs, attr, params, opset):  # type: ignore[no-untyped-def]
+            q, k, v = (bb.normalize(i) for i in inputs[:3])
+            if any(len(shape_of(bb, t)) != 4 for t in (q, k, v)):
+                raise ConverterError("FlexAttention: Q, K and V must be rank 4")
+            hq, e = shape_of(bb, q)[1], shape_of(bb, q)[3]
+            hkv = shape_of(bb, k)[1]
+            if hq != hkv:
+                if hq % hkv:
+                    raise ConverterError("FlexAttention: q heads must be a multiple of kv heads")
+                k, v = R.repeat(k, hq // hkv, axis=1), R.repeat(v, hq // hkv, axis=1)
+            dtype, vdtype = dtype_of(bb, q), dtype_of(bb, v)
+            scale = attr.get("scale")
+            scale = 1.0 / math.sqrt(e) if scale is None else float(scale)
+            root = const(np.sqrt(np.float32(scale)), dtype)
+            scores = R.matmul(R.multiply(q, root),
+                              R.permute_dims(R.multiply(k, root), [0, 1, 3, 2]))
+            if "softmax_precision" in attr:
+                compute = dtype_attr("FlexAttention", int(attr["softmax_precision"]))
+            else:
+                compute = "float32" if dtype in ("float16", "bfloat16") else dtype
+            scores = bb.normalize(R.astype(scores, compute) if compute != dtype else scores)
+
+            def mod(name: str, x: Any) -> Any:
+                graph = attr.get(name)
+                if graph is None:
+                    return x
+                out = run_graph(bb, graph, {graph.input[0].name: x}, params, opset)[0]
+                out = bb.normalize(out)
+                return R.astype(out, compute) if dtype_of(bb, out) != compute else out
+
+            scores = mod("score_mod", scores)
+            probs = bb.normalize(R.nn.softmax(scores, axis=-1))
+            probs = mod("prob_mod", probs)
+            vv = R.astype(v, compute) if vdtype != compute else v
+            y = R.matmul(probs, vv)
+            return R.astype(y, vdtype) if vdtype != compute else y
+
     # ---------------------------------------------------------------- signal processing
 
     def move_last(bb: Any, x: Any, axis: int) -> tuple[Any, list[int]]:
@@ -663,15 +714,53 @@ def converters(base: type) -> dict[str, type]:
 
     # ---------------------------------------------------------------- control flow
 
+    def fold_body(bb: Any, graph: Any, bound: dict[str, Any], env: dict[str, Any],
+                  opset: int) -> Any:
+        """The subgraph with everything that only depends on shapes and constants folded
+        (edgeforge's ONNX pre-pass on a model made of it), so that e.g. ``Shape → Range`` of
+        a static tensor becomes a constant instead of a symbolic-length tensor."""
+        import onnx
+        from onnx import helper, numpy_helper
+
+        from .prepasses import fold_constants
+
+        def info(name: str, value: Any) -> Any:
+            ty = bb.normalize(value).ty
+            elem = helper.np_dtype_to_tensor_dtype(np.dtype(str(ty.dtype)))
+            return helper.make_tensor_value_info(name, elem, shape_of(bb, value))
+
+        produced = {o for n in graph.node for o in n.output} | {i.name for i in graph.initializer}
+        inputs, inits = [], list(graph.initializer)
+        try:
+            for name, value in bound.items():
+                inputs.append(info(name, value))
+            for name in sorted({i for n in graph.node for i in n.input} - produced - set(bound)):
+                if not name or name not in env:
+                    continue
+                value = env[name]
+                if isinstance(value, Constant):
+                    inits.append(numpy_helper.from_array(value.value.numpy(), name))
+                else:
+                    inputs.append(info(name, value))
+            g = helper.make_graph(list(graph.node), "body", inputs, list(graph.output), inits)
+            model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+            model.ir_version = onnx.IR_VERSION
+            folded, _ = fold_constants(model)
+            return folded.graph
+        except Exception:  # folding is an optimisation: keep the graph as it is
+            return graph
+
     def run_graph(bb: Any, graph: Any, bound: dict[str, Any], params: Any, opset: int
                   ) -> list[Any]:
-        """Convert a subgraph (a Scan body) inline, with ``bound`` for its inputs and the
-        enclosing graph's values visible; returns its outputs."""
+        """Convert a subgraph (a Scan/Loop body, a FlexAttention modifier) inline, with
+        ``bound`` for its inputs and the enclosing graph's values visible; returns its
+        outputs."""
         from onnx import numpy_helper
 
         table = fe._get_convert_map()
         outer = params[0]
         env: dict[str, Any] = dict(outer)
+        graph = fold_body(bb, graph, bound, env, opset)
         for init in graph.initializer:
             env[init.name] = relax.const(numpy_helper.to_array(init))
         env.update(bound)
@@ -833,6 +922,7 @@ def converters(base: type) -> dict[str, type]:
         "BitCast": BitCast, "BlackmanWindow": BlackmanWindow,
         "CausalConvWithState": CausalConvWithState, "CenterCropPad": CenterCropPad,
         "Col2Im": Col2Im, "ConvInteger": ConvInteger, "DFT": DFT, "DeformConv": DeformConv,
+        "FlexAttention": FlexAttention,
         "HammingWindow": HammingWindow, "HannWindow": HannWindow,
         "LinearAttention": LinearAttention, "Loop": Loop, "MelWeightMatrix": MelWeightMatrix,
         "QLinearConv": QLinearConv, "QLinearMatMul": QLinearMatMul,
