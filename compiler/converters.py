@@ -27,7 +27,7 @@ EXTRA_OPS = frozenset({"LSTM", "GRU", "RNN", "Celu", "Swish", "CumProd", "LpNorm
 #: keep_aspect_ratio_policy, half_pixel_symmetric, scales that do not divide the size).
 WRAPPED_OPS = frozenset({"Attention", "LayerNormalization", "Resize", "Upsample", "OneHot", "Pow",
                          "Compress", "IsInf", "BitShift", "Mod", "RMSNormalization",
-                         "BatchNormalization"})
+                         "BatchNormalization", "ReduceMax", "ReduceMin"})
 
 _installed: dict[str, bool] = {}
 
@@ -840,7 +840,47 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
 
             return convert
 
-    return {"Attention": Attention, "LayerNormalization": LayerNormalization, "Resize": Resize,
+    def reduce_extreme(op: str, sign: float) -> type:
+        """TVM's max/min reductions start from the largest finite value, so a max over only
+        -inf (or over nothing) gives -FLT_MAX instead of -inf (min: +FLT_MAX for +inf); bool
+        inputs do not build. The same reduction over an indicator finds those rows."""
+
+        class Reduce(base):  # type: ignore[misc, valid-type]
+            @classmethod
+            def get_converter(cls, opset: int) -> Any:
+                inner = tvm_table[op].get_converter(opset)
+
+                def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                    x = inputs[0]
+                    dtype = dtype_of(bb, x)
+                    if dtype == "bool":
+                        xi = bb.normalize(R.astype(x, "uint8"))
+                        out = bb.normalize(inner(bb, [xi, *inputs[1:]], attr, params))
+                        return R.astype(out, "bool")
+                    out = inner(bb, inputs, attr, params)
+                    if not dtype.startswith("float"):
+                        return out
+                    out = bb.normalize(out)
+                    inf = relax.const(sign * float("inf"), dtype)
+                    # max: 0 (or the empty-set start value) iff every element is -inf
+                    # min: 1 (or the empty-set start value) iff every element is +inf
+                    ind = R.not_equal(x, inf) if sign < 0 else R.equal(x, inf)
+                    ind = bb.normalize(R.astype(ind, dtype))
+                    probe = bb.normalize(inner(bb, [ind, *inputs[1:]], attr, params))
+                    if sign < 0:
+                        all_inf = R.less_equal(probe, relax.const(0.0, dtype))
+                    else:
+                        all_inf = R.greater_equal(probe, relax.const(1.0, dtype))
+                    return R.where(all_inf, inf, out)
+
+                return convert
+
+        Reduce.__name__ = op
+        return Reduce
+
+    return {"ReduceMax": reduce_extreme("ReduceMax", -1.0),
+            "ReduceMin": reduce_extreme("ReduceMin", 1.0),
+            "Attention": Attention, "LayerNormalization": LayerNormalization, "Resize": Resize,
             "Upsample": Upsample, "OneHot": OneHot, "Pow": Pow, "Compress": Compress,
             "IsInf": IsInf, "BitShift": BitShift, "Mod": Mod,
             "RMSNormalization": RMSNormalization, "BatchNormalization": BatchNormalization}
