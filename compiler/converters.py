@@ -27,7 +27,8 @@ EXTRA_OPS = frozenset({"LSTM", "GRU", "RNN", "Celu", "Swish", "CumProd", "LpNorm
 #: keep_aspect_ratio_policy, half_pixel_symmetric, scales that do not divide the size).
 WRAPPED_OPS = frozenset({"Attention", "LayerNormalization", "Resize", "Upsample", "OneHot", "Pow",
                          "Compress", "IsInf", "BitShift", "Mod", "RMSNormalization",
-                         "BatchNormalization", "ReduceMax", "ReduceMin"})
+                         "BatchNormalization", "ReduceMax", "ReduceMin", "Softmax", "MatMul",
+                         "Elu"})
 
 _installed: dict[str, bool] = {}
 
@@ -475,6 +476,14 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
             if past_v is not None:
                 v = bb.normalize(R.concat([past_v, v], axis=2))
             present_k, present_v = k, v
+            io_dtype = dtype
+            if dtype in ("float16", "bfloat16"):
+                # Half precision: compute in float32 and round once at the end (TVM's half
+                # kernels round every intermediate and drift past one ulp from ONNX's result).
+                dtype = "float32"
+                q, k, v = (bb.normalize(R.astype(t, dtype)) for t in (q, k, v))
+                if mask is not None and dtype_of(bb, mask) != "bool":
+                    mask = bb.normalize(R.astype(mask, dtype))
             b, qh, sq, hd = shape_of(bb, q)
             kh, skv = shape_of(bb, k)[1], shape_of(bb, k)[2]
             scale = attr.get("scale")
@@ -562,6 +571,8 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
                 y = R.reshape(R.permute_dims(y, [0, 2, 1, 3]), (b, sq, qh * vh))
             mode = int(attr.get("qk_matmul_output_mode", 0))
             qk_out = {2: scores, 3: probs}.get(mode, qk)
+            if io_dtype != dtype:
+                y, qk_out = R.astype(y, io_dtype), R.astype(qk_out, io_dtype)
             return relax.Tuple([y, present_k, present_v, qk_out])
 
     class LayerNormalization(base):  # type: ignore[misc, valid-type]
@@ -878,7 +889,51 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
         Reduce.__name__ = op
         return Reduce
 
-    return {"ReduceMax": reduce_extreme("ReduceMax", -1.0),
+    class Softmax(base):  # type: ignore[misc, valid-type]
+        """float16: computed in float32 and rounded once (ONNX's reference and onnxruntime are
+        within one ulp of that; TVM's half-precision exp/sum drift further)."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            inner = tvm_table["Softmax"].get_converter(opset)
+
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                dtype = dtype_of(bb, inputs[0])
+                if dtype != "float16":
+                    return inner(bb, inputs, attr, params)
+                x = bb.normalize(R.astype(inputs[0], "float32"))
+                return R.astype(bb.normalize(inner(bb, [x], attr, params)), dtype)
+
+            return convert
+
+    class MatMul(base):  # type: ignore[misc, valid-type]
+        """float16: accumulate in float32 (as onnxruntime and numpy do)."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            inner = tvm_table["MatMul"].get_converter(opset)
+
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                a, b = inputs
+                if dtype_of(bb, a) != "float16" or dtype_of(bb, b) != "float16":
+                    return inner(bb, inputs, attr, params)
+                return R.astype(R.matmul(a, b, out_dtype="float32"), "float16")
+
+            return convert
+
+    class Elu(base):  # type: ignore[misc, valid-type]
+        """TVM's converter builds float32 constants whatever the input dtype."""
+
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            x = inputs[0]
+            dtype = dtype_of(bb, x)
+            alpha = relax.const(float(attr.get("alpha", 1.0)), dtype)
+            neg = R.multiply(alpha, R.subtract(R.exp(x), relax.const(1.0, dtype)))
+            return R.where(R.greater(x, relax.const(0.0, dtype)), x, neg)
+
+    return {"Softmax": Softmax, "MatMul": MatMul, "Elu": Elu,
+            "ReduceMax": reduce_extreme("ReduceMax", -1.0),
             "ReduceMin": reduce_extreme("ReduceMin", 1.0),
             "Attention": Attention, "LayerNormalization": LayerNormalization, "Resize": Resize,
             "Upsample": Upsample, "OneHot": OneHot, "Pow": Pow, "Compress": Compress,
