@@ -22,9 +22,9 @@ __all__ = ["DOMAINS", "OPS", "WITHHELD", "converters"]
 
 OPS: frozenset[str] = frozenset({
     "BitCast", "BlackmanWindow", "CausalConvWithState", "CenterCropPad", "Col2Im", "ConvInteger",
-    "DFT", "DeformConv", "FlexAttention", "HammingWindow", "HannWindow", "LinearAttention", "Loop",
-    "MelWeightMatrix", "QLinearConv", "QLinearMatMul", "ReverseSequence", "STFT", "Scan",
-    "SwiGLU", "TensorScatter",
+    "DFT", "DeformConv", "DynamicQuantizeLSTM", "FlexAttention", "HammingWindow", "HannWindow",
+    "LinearAttention", "Loop", "MelWeightMatrix", "QLinearConv", "QLinearMatMul",
+    "ReverseSequence", "STFT", "Scan", "SwiGLU", "TensorScatter", "TfIdfVectorizer",
 })
 #: Operators of OPS that live in another ONNX domain than ai.onnx (the pre-flight must accept
 #: ``domain::op`` for these).
@@ -315,6 +315,73 @@ def converters(base: type) -> dict[str, type]:
             out = R.strided_slice(out, [2], [0], [pixels])
             return R.reshape(out, (n, c, *image))
 
+    class TfIdfVectorizer(base):  # type: ignore[misc, valid-type]
+        """N-gram counts over integer token ids (pool_int64s; string pools are refused): for
+        every pool n-gram and skip distance, windowed comparisons summed over positions."""
+
+        @classmethod
+        def _impl_v9(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            op = "TfIdfVectorizer"
+            if "pool_int64s" not in attr:
+                raise ConverterError(f"{op}: string pools are not supported (pool_int64s only)")
+            x = inputs[0]
+            shape = shape_of(bb, x)
+            if len(shape) not in (1, 2):
+                raise ConverterError(f"{op}: the input must be [C] or [N, C]")
+            if len(shape) == 1:
+                x = R.expand_dims(x, 0)
+            c = shape[-1]
+            x = bb.normalize(R.astype(x, "int64"))
+            pool = [int(v) for v in attr["pool_int64s"]]
+            starts = [int(v) for v in attr["ngram_counts"]] + [len(pool)]
+            indexes = [int(v) for v in attr["ngram_indexes"]]
+            lo, hi = int(attr["min_gram_length"]), int(attr["max_gram_length"])
+            max_skip = int(attr["max_skip_count"])
+            out_size = max(indexes) + 1
+            grams: dict[int, list[tuple[int, list[int]]]] = {}  # length → [(gram id, ids)]
+            gid = 0
+            for k in range(len(starts) - 1):
+                n = k + 1
+                seg = pool[starts[k]:starts[k + 1]]
+                for j in range(0, len(seg), n):
+                    grams.setdefault(n, []).append((gid, seg[j:j + n]))
+                    gid += 1
+            counts = None
+            for n, items in sorted(grams.items()):
+                if not lo <= n <= hi:
+                    continue
+                table = np.array([g for _, g in items], dtype=np.int64)  # [G, n]
+                onehot = np.zeros((len(items), out_size), dtype=np.float32)
+                for row, (i, _) in enumerate(items):
+                    onehot[row, indexes[i]] += 1
+                for d in (range(1, max_skip + 2) if n > 1 else [1]):
+                    positions = c - (n - 1) * d
+                    if positions <= 0:
+                        continue
+                    hit = None
+                    for k in range(n):
+                        win = R.strided_slice(x, [1], [k * d], [k * d + positions])  # [N, P]
+                        eq = R.equal(R.expand_dims(win, 1),
+                                     const(table[:, k].reshape(1, -1, 1), "int64"))  # [N, G, P]
+                        hit = eq if hit is None else R.logical_and(hit, eq)
+                    per_gram = R.sum(R.astype(hit, "float32"), axis=[2])  # [N, G]
+                    term = R.matmul(per_gram, const(onehot, "float32"))
+                    counts = term if counts is None else R.add(counts, term)
+            if counts is None:
+                counts = R.zeros((1 if len(shape) == 1 else shape[0], out_size), "float32")
+            mode = text(attr, "mode", "TF")
+            weights = attr.get("weights")
+            w = const(np.array(weights, dtype=np.float32).reshape(1, -1), "float32") \
+                if weights else None
+            if mode == "IDF":
+                present = R.astype(R.greater(counts, const(0.0, "float32")), "float32")
+                counts = R.multiply(present, w) if w is not None else present
+            elif mode == "TFIDF":
+                counts = R.multiply(counts, w) if w is not None else counts
+            elif mode != "TF":
+                raise ConverterError(f"{op}: mode {mode!r} is not supported")
+            return R.squeeze(counts, [0]) if len(shape) == 1 else counts
+
     # ---------------------------------------------------------------- convolution family
 
     def tvm_conv(bb: Any, x: Any, w: Any, bias: Any, attr: dict[str, Any], params: Any,
@@ -470,6 +537,34 @@ def converters(base: type) -> dict[str, type]:
             if bias is not None:
                 y = R.add(y, R.reshape(bias, (1, oc, 1, 1)))
             return y
+
+    class DynamicQuantizeLSTM(base):  # type: ignore[misc, valid-type]
+        """com.microsoft DynamicQuantizeLSTM: an LSTM with int8 weights ([D, in, 4H] and
+        [D, H, 4H], per-direction or per-column scales). The weights are dequantized (constant
+        folded when they are initializers) and the float LSTM runs; onnxruntime also quantizes
+        the activations, so results differ from it by that rounding."""
+
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            x, w, r = inputs[0], inputs[1], inputs[2]
+            w_s, w_z, r_s, r_z = (opt(inputs, i) for i in (8, 9, 10, 11))
+            if w_s is None or r_s is None:
+                raise ConverterError("DynamicQuantizeLSTM: W_scale and R_scale are required")
+
+            def dequant(q: Any, scale: Any, zp: Any) -> Any:
+                shape = shape_of(bb, q)
+                sshape = shape_of(bb, scale)
+                view = (shape[0], 1, 1) if len(sshape) == 1 else (shape[0], 1, shape[2])
+                y = R.astype(q, "float32")
+                if zp is not None:
+                    y = R.subtract(y, R.reshape(R.astype(zp, "float32"), view))
+                y = R.multiply(y, R.reshape(scale, view))
+                return bb.normalize(R.permute_dims(y, [0, 2, 1]))  # → [D, 4H, in]
+
+            lstm = fe._get_convert_map()["LSTM"].get_converter(7)
+            ins = fe.onnx_input([x, dequant(w, w_s, w_z), dequant(r, r_s, r_z),
+                                 *[opt(inputs, i) for i in range(3, 8)]])
+            return lstm(bb, ins, attr, params)
 
     # ---------------------------------------------------------------- attention-like
 
@@ -922,12 +1017,12 @@ def converters(base: type) -> dict[str, type]:
         "BitCast": BitCast, "BlackmanWindow": BlackmanWindow,
         "CausalConvWithState": CausalConvWithState, "CenterCropPad": CenterCropPad,
         "Col2Im": Col2Im, "ConvInteger": ConvInteger, "DFT": DFT, "DeformConv": DeformConv,
-        "FlexAttention": FlexAttention,
+        "DynamicQuantizeLSTM": DynamicQuantizeLSTM, "FlexAttention": FlexAttention,
         "HammingWindow": HammingWindow, "HannWindow": HannWindow,
         "LinearAttention": LinearAttention, "Loop": Loop, "MelWeightMatrix": MelWeightMatrix,
         "QLinearConv": QLinearConv, "QLinearMatMul": QLinearMatMul,
         "ReverseSequence": ReverseSequence, "STFT": STFT, "Scan": Scan, "SwiGLU": SwiGLU,
-        "TensorScatter": TensorScatter,
+        "TensorScatter": TensorScatter, "TfIdfVectorizer": TfIdfVectorizer,
     }
     withheld = {"Det": Det}
     assert set(table) == OPS and set(withheld) == WITHHELD
