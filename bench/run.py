@@ -64,7 +64,10 @@ def main(argv=None) -> int:
     from tvm.relax.frontend.onnx import from_onnx
 
     from bench.models import FLOPS, build_model, input_feed
+    from compiler.converters import install as install_converters
+
     build_cpu = _load_build_cpu()
+    install_converters()  # the compiler's converter table (e.g. its layout-friendly Clip)
 
     logging.getLogger("bench").info("import tvm: %.1f s", time.perf_counter() - t_imp)
     n_pool = tvm.get_global_func("runtime.NumThreads", allow_missing=True)

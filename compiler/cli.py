@@ -128,7 +128,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         input_shapes=_shapes(args.input_shape),
         constant_inputs=dict(parse_constant_input(v) for v in args.constant_input),
         options=CompileOptions(verify=not args.no_verify, tune_trials=args.tune_trials,
-                               tolerance=args.tolerance, tuning_db=args.tuning_db),
+                               tolerance=args.tolerance, tuning_db=args.tuning_db,
+                               schedule_budget_s=args.schedule_budget),
     )
     start = time.monotonic()
     stamps: dict[str, float] = {}
@@ -189,7 +190,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     signer = LocalKeySigner.from_file(key)
     spec = CompileSpec(model_name=args.name or model_path.stem, profiles=[args.profile],
                        input_shapes=_shapes(args.input_shape),
-                       options=CompileOptions(tuning_db=args.tuning_db))
+                       options=CompileOptions(tuning_db=args.tuning_db,
+                                              schedule_budget_s=args.schedule_budget))
     with CompileWorker() as worker:
         result = bench_model(data, spec, signer, signer.public_key_der, Path(args.out), worker,
                              threads=args.threads, repeat=args.repeat)
@@ -236,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max |a-b|/(|b|+1) against onnxruntime (default 1e-3)")
     p.add_argument("--tune-trials", type=int, default=0,
                    help="MetaSchedule tuning trials (0 = fast default schedules)")
+    p.add_argument("--schedule-budget", type=float, metavar="SECONDS",
+                   help="seconds a CPU build may spend sampling and timing schedules here "
+                   "(default 240 or $EDGEFORGE_SCHEDULE_BUDGET_S; 0 = first samples only)")
     p.add_argument("--tuning-db", metavar="DIR",
                    help="tuning database reused across models and runs (default: "
                    "$EDGEFORGE_TUNING_DB or ~/.cache/edgeforge/tuning-db)")
@@ -259,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name")
     p.add_argument("--key")
     p.add_argument("--tuning-db", metavar="DIR")
+    p.add_argument("--schedule-budget", type=float, metavar="SECONDS",
+                   help="seconds spent sampling and timing schedules (default 240)")
     p.add_argument("-o", "--out", default=".cache/bench", help="where the artifact goes")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench)

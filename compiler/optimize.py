@@ -47,9 +47,11 @@ _PKG = "tvm.s_tir.tensor_intrin"
 DEFAULT_OPTIONS: dict[str, Any] = {
     "fuse": True,             # FuseOps/FuseTIR (tvm.compile's CPU default does no fusion)
     "schedule": "ms-sample",  # "none" | "dlight" | "ms-sample"
-    "candidates": 8,          # schedules sampled per task, timed in-process, fastest kept
+    "candidates": 64,         # at most this many schedules sampled and timed per task
+    "first_round": 8,         # samples per task in the first round (fewer for small tasks)
+    "min_gain": 0.005,        # stop when the last 8 rounds gained less than this share of time
     "measure": "auto",        # time candidates: auto = when the target runs on this host
-    "budget_s": 120.0,        # after this many seconds of candidate timing, 1 sample per task
+    "budget_s": 240.0,        # seconds of sampling + timing per build (then 1 sample per task)
     "layout": "auto",         # "auto" (NHWC when the model has a 2-D convolution) | "NHWC" | None
     "prepack": True,          # schedules may rewrite weight layouts; folded at compile time
     "seed": 0,
@@ -244,33 +246,46 @@ def _resample(space_trace, tmod, postprocs, seed):
     return sch
 
 
-def _task_candidates(task, target, n, seed):
-    """Up to ``n`` distinct post-processed schedules for one task (deterministic for a seed)."""
-    from tvm.s_tir import meta_schedule as ms
+class _TaskSampler:
+    """Distinct post-processed schedules for one task, drawn from MetaSchedule's design space in
+    a deterministic sequence (sample ``k`` uses seed ``seed + 104729 (k + 1)``); ``draw`` can be
+    called again for more."""
 
-    tmod = task.dispatched[0]
-    ctx = ms.TuneContext(mod=tmod, target=target, space_generator="post-order-apply",
-                         task_name=task.task_name, rand_state=seed, num_threads=1)
-    spaces = ctx.generate_design_space()
-    postprocs = ctx.space_generator.postprocs
-    out, seen = [], set()
-    for k in range(4 * n):
-        if len(out) >= n:
-            break
-        space = spaces[k % len(spaces)]
-        try:
-            sch = _resample(space.trace, tmod, postprocs, (seed + 104729 * (k + 1)) & 0x7FFFFFFF)
-        except Exception as e:
-            logger.debug("task %s: sample %d failed: %s", task.task_name, k, e)
-            continue
-        if sch is None:
-            continue
-        key = str(k % len(spaces)) + str([str(d) for d in sch.trace.decisions.values()])
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append(sch)
-    return out
+    def __init__(self, task, target, seed: int) -> None:
+        from tvm.s_tir import meta_schedule as ms
+
+        self.task, self.seed, self.k = task, seed, 0
+        self.tmod = task.dispatched[0]
+        ctx = ms.TuneContext(mod=self.tmod, target=target, space_generator="post-order-apply",
+                             task_name=task.task_name, rand_state=seed, num_threads=1)
+        self.spaces = ctx.generate_design_space()
+        self.postprocs = ctx.space_generator.postprocs
+        self.seen: set[str] = set()
+        self.exhausted = False
+
+    def draw(self, n: int) -> list:
+        out = []
+        for _ in range(4 * n):
+            if len(out) >= n:
+                break
+            k, self.k = self.k, self.k + 1
+            space = self.spaces[k % len(self.spaces)]
+            try:
+                sch = _resample(space.trace, self.tmod, self.postprocs,
+                                (self.seed + 104729 * (k + 1)) & 0x7FFFFFFF)
+            except Exception as e:
+                logger.debug("task %s: sample %d failed: %s", self.task.task_name, k, e)
+                continue
+            if sch is None:
+                continue
+            key = str(k % len(self.spaces)) + str([str(d) for d in sch.trace.decisions.values()])
+            if key in self.seen:
+                continue
+            self.seen.add(key)
+            out.append(sch)
+        if len(out) < n:
+            self.exhausted = True  # a small space: few distinct schedules are left
+        return out
 
 
 def _time_candidates(cands, target, name):
@@ -352,10 +367,16 @@ def _database_entries(mod, target, db) -> list[dict[str, Any]]:
 def _sample_database(mod, target, opts, measure: bool, persist=None, entries=None):
     """Seeded schedules per task from MetaSchedule's default space.
 
-    With ``measure`` each task gets up to ``candidates`` samples (fewer for tasks with a small share of
-    the model's FLOPs), built together and timed on this machine; the fastest is kept. Without it the
-    first valid sample is kept (nothing is executed: cross targets). ``entries`` receives a
-    :func:`schedule_entry` per scheduled task.
+    Without ``measure`` the first valid sample is kept (nothing is executed: cross targets).
+    With it, a random search timed in-process on this machine, in two rounds:
+
+    1. every task gets ``first_round`` samples (fewer for tasks with a small share of the model's
+       FLOPs, never fewer than 3), built together and timed; the fastest is kept;
+    2. while ``budget_s`` lasts, the task that costs the model most (best time x calls) gets
+       ``first_round`` more samples, up to ``candidates`` per task; the search stops early when
+       last 8 rounds gained less than ``min_gain`` of the model's estimated time.
+
+    ``entries`` receives a :func:`schedule_entry` per scheduled task.
     """
     import math
 
@@ -364,64 +385,100 @@ def _sample_database(mod, target, opts, measure: bool, persist=None, entries=Non
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     seed = int(opts.get("seed", 0))
     kmax = max(1, int(opts.get("candidates", 1))) if measure else 1
+    k1 = min(kmax, max(1, int(opts.get("first_round", 8))))
     budget_s = float(opts.get("budget_s", 1e9))
+    min_gain = float(opts.get("min_gain", 0.0))
     t_start = time.perf_counter()
     tasks = ms.relax_integration.extract_tasks(mod, target)
     flops = [_task_flops(t) for t in tasks]
     total = sum(flops) or 1.0
-    db = ms.database.MemoryDatabase()
-    n_ok = n_fail = n_timed = 0
-    # heaviest tasks first so that a time budget is spent where it matters
-    order = sorted(range(len(tasks)), key=lambda i: -flops[i])
-    for i in order:
+    n_fail = n_timed = 0
+    best: dict[int, tuple[Any, float | None]] = {}  # task -> (schedule, seconds per call)
+    samplers: dict[int, _TaskSampler] = {}
+    drawn: dict[int, int] = {}
+
+    def search(i: int, n: int) -> None:
+        nonlocal n_timed
+        cands = samplers[i].draw(n)
+        drawn[i] = drawn.get(i, 0) + len(cands)
+        if not cands:
+            return
+        if i not in best:
+            best[i] = (cands[0], None)
+        if not measure or drawn[i] == 1:
+            return  # nothing to compare a single first sample with
+        try:
+            costs = _time_candidates(cands, target, tasks[i].task_name)
+        except Exception as e:
+            logger.info("task %s: timing candidates failed (%s); sample kept", tasks[i].task_name,
+                        str(e).splitlines()[0] if str(e) else type(e).__name__)
+            return
+        n_timed += len(cands)
+        j = min(range(len(costs)), key=costs.__getitem__)
+        old = best[i][1]
+        if math.isfinite(costs[j]) and (old is None or costs[j] < old):
+            best[i] = (cands[j], costs[j])
+
+    # round 1, heaviest tasks first so that a time budget is spent where it matters
+    for i in sorted(range(len(tasks)), key=lambda i: -flops[i]):
         task = tasks[i]
         tfunc = next(iter(task.dispatched[0].functions.values()))
         if tfunc.attrs is not None and tfunc.attrs.get("tirx.is_scheduled", False):
             continue  # already scheduled from the persistent database
-        share = flops[i] / total
-        # At least 3 timed samples even for small tasks: FLOP share misjudges memory-bound ones
-        # (a LayerNorm with 1 untimed sample took 79% of the transformer's run time).
-        n = max(min(3, kmax), min(kmax, math.ceil(kmax * share * len(tasks))))
-        if time.perf_counter() - t_start > budget_s:
-            n = 1
         try:
-            cands = _task_candidates(task, target, n, (seed * 1_000_003 + i * 7919 + 1) & 0x7FFFFFFF)
+            samplers[i] = _TaskSampler(task, target, (seed * 1_000_003 + i * 7919 + 1) & 0x7FFFFFFF)
         except Exception as e:
             logger.info("task %s: no design space (%s): default lowering kept", task.task_name,
                         str(e).splitlines()[0] if str(e) else type(e).__name__)
-            cands = []
-        if not cands:
             n_fail += 1
             continue
-        best, best_cost = cands[0], None
-        if len(cands) > 1:
-            try:
-                costs = _time_candidates(cands, target, task.task_name)
-                j = min(range(len(costs)), key=costs.__getitem__)
-                if math.isfinite(costs[j]):
-                    best, best_cost = cands[j], costs[j]
-                n_timed += len(cands)
-                logger.debug("task %s (%.1f%% flops): %d candidates, best %.3g ms, first %.3g ms",
-                             task.task_name, 100 * share, len(cands), costs[j] * 1e3, costs[0] * 1e3)
-            except Exception as e:
-                logger.info("task %s: timing candidates failed (%s); first sample kept",
-                            task.task_name, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        # At least 3 timed samples even for small tasks: FLOP share misjudges memory-bound ones
+        # (a LayerNorm with 1 untimed sample took 79% of the transformer's run time).
+        n = max(min(3, k1), min(k1, math.ceil(k1 * flops[i] / total * len(tasks))))
+        if time.perf_counter() - t_start > budget_s:
+            n = 1
+        search(i, n)
+        if i not in best:
+            n_fail += 1
+    rounds1 = n_timed
+
+    # round 2: more samples where the model spends its time
+    def weight(i: int) -> int:
+        return max(1, int(tasks[i].weight))
+
+    gains: list[float] = []
+    while measure and time.perf_counter() - t_start < budget_s:
+        open_ = [i for i in best if best[i][1] is not None and drawn[i] < kmax
+                 and not samplers[i].exhausted]
+        if not open_:
+            break
+        model_s = sum(c * weight(i) for i, (_, c) in best.items() if c is not None)
+        i = max(open_, key=lambda i: best[i][1] * weight(i))
+        before = best[i][1] * weight(i)
+        search(i, min(k1, kmax - drawn[i]))
+        gains.append((before - best[i][1] * weight(i)) / max(model_s, 1e-12))
+        if len(gains) >= 8 and sum(gains[-8:]) < min_gain:
+            break
+
+    db = ms.database.MemoryDatabase()
+    for i, (sch, cost) in best.items():
+        task = tasks[i]
         wl = db.commit_workload(task.dispatched[0])
-        db.commit_tuning_record(ms.database.TuningRecord(best.trace, wl, [1.0], target, None))
+        db.commit_tuning_record(ms.database.TuningRecord(sch.trace, wl, [1.0], target, None))
         if entries is not None:
-            entries.append(schedule_entry(task, "timed" if best_cost is not None else "sampled",
-                                          best.trace, best_cost))
-        if persist is not None and best_cost is not None:
+            entries.append(schedule_entry(task, "timed" if cost is not None else "sampled",
+                                          sch.trace, cost))
+        if persist is not None and cost is not None:
             try:  # measured: share it with later builds (other models with the same layer too)
+                tfunc = next(iter(task.dispatched[0].functions.values()))
                 pwl = persist.commit_workload(task.dispatched[0])
                 persist.commit_tuning_record(ms.database.TuningRecord(
-                    best.trace, pwl, [best_cost], target,
-                    ms.arg_info.ArgInfo.from_prim_func(tfunc)))
+                    sch.trace, pwl, [cost], target, ms.arg_info.ArgInfo.from_prim_func(tfunc)))
             except Exception as e:
                 logger.debug("could not persist schedule of %s: %s", task.task_name, e)
-        n_ok += 1
-    logger.info("schedules: %d tasks scheduled (%d candidates timed), %d left to default lowering, "
-                "%.1f s", n_ok, n_timed, n_fail, time.perf_counter() - t_start)
+    logger.info("schedules: %d tasks scheduled (%d candidates timed, %d in round 2), %d left to "
+                "default lowering, %.1f s", len(best), n_timed, n_timed - rounds1, n_fail,
+                time.perf_counter() - t_start)
     return db
 
 

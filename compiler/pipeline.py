@@ -40,6 +40,16 @@ def tuning_db(configured: str | None = None) -> Path:
     return Path(env) if env else Path.home() / ".cache" / "edgeforge" / "tuning-db"
 
 
+def _schedule_options(spec: CompileSpec) -> dict[str, Any] | None:
+    """Overrides of compiler.optimize.DEFAULT_OPTIONS from the spec (or the environment)."""
+    import os
+
+    budget = spec.options.schedule_budget_s
+    if budget is None and os.environ.get("EDGEFORGE_SCHEDULE_BUDGET_S"):
+        budget = float(os.environ["EDGEFORGE_SCHEDULE_BUDGET_S"])
+    return {"budget_s": budget} if budget is not None else None
+
+
 def _tuning_info(spec: CompileSpec, schedule: dict[str, Any]) -> dict[str, Any]:
     """The manifest's record of how the code was scheduled: the options, and per scheduled
     function its workload, the schedule's source (database record, timed sample, untimed sample)
@@ -136,6 +146,7 @@ def _one(validated: ValidatedModel, folded: tuple[bytes, FoldStats], source: byt
                 out_path=str(Path(tmp) / "model.so"), cuda_arch=profile.cuda_arch,
                 opt_level=spec.options.opt_level, tune_trials=spec.options.tune_trials,
                 database_dir=str(tuning_db(spec.options.tuning_db)),
+                optimize=_schedule_options(spec),
             )
             t0 = time.perf_counter()
             built = worker.build(request, progress=lambda stage: say(profile.name, stage))

@@ -32,6 +32,10 @@ class CompileOptions(BaseModel):
     #: tuned by earlier builds, of any model, are reused; new results are added. None = the
     #: default, ``$EDGEFORGE_TUNING_DB`` or ``~/.cache/edgeforge/tuning-db``.
     tuning_db: str | None = None
+    #: Seconds a CPU build may spend sampling and timing schedules on this machine (None: 240,
+    #: or ``$EDGEFORGE_SCHEDULE_BUDGET_S``). More finds faster code; the search also stops once
+    #: further samples stop paying off.
+    schedule_budget_s: float | None = Field(default=None, ge=0, le=3600)
 
 
 class CompileSpec(BaseModel):

@@ -13,16 +13,19 @@ from compiler.signing import LocalKeySigner, generate_key
 
 @pytest.fixture(scope="session", autouse=True)
 def _tuning_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """A fresh tuning database per test session (never the user's cache)."""
+    """A fresh tuning database per test session (never the user's cache), and a short schedule
+    search per build (tests check correctness; benchmarks measure the default budget)."""
     import os
 
-    old = os.environ.get("EDGEFORGE_TUNING_DB")
+    saved = {k: os.environ.get(k) for k in ("EDGEFORGE_TUNING_DB", "EDGEFORGE_SCHEDULE_BUDGET_S")}
     os.environ["EDGEFORGE_TUNING_DB"] = str(tmp_path_factory.mktemp("tuning-db"))
+    os.environ["EDGEFORGE_SCHEDULE_BUDGET_S"] = "15"
     yield
-    if old is None:
-        os.environ.pop("EDGEFORGE_TUNING_DB", None)
-    else:
-        os.environ["EDGEFORGE_TUNING_DB"] = old
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture(scope="session")
