@@ -101,7 +101,7 @@ def _compare(actual: list[Any], expected: list[Any], rtol: float, atol: float) -
 #: shape or are a scalar setting, whatever their dtype.
 PARAMETER_SLOTS = {
     "Resize": {1, 2, 3}, "Upsample": {1}, "Pad": {1, 2, 3}, "OneHot": {1}, "Range": {0, 1, 2},
-    "Compress": {1},
+    "Compress": {1}, "NonMaxSuppression": {2, 3, 4},
 }
 
 

@@ -28,7 +28,7 @@ EXTRA_OPS = frozenset({"LSTM", "GRU", "RNN", "Celu", "Swish", "CumProd", "LpNorm
 WRAPPED_OPS = frozenset({"Attention", "LayerNormalization", "Resize", "Upsample", "OneHot", "Pow",
                          "Compress", "IsInf", "BitShift", "Mod", "RMSNormalization",
                          "BatchNormalization", "ReduceMax", "ReduceMin", "Softmax", "MatMul",
-                         "Elu"})
+                         "Elu", "NonMaxSuppression"})
 
 _installed: dict[str, bool] = {}
 
@@ -932,7 +932,35 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
             neg = R.multiply(alpha, R.subtract(R.exp(x), relax.const(1.0, dtype)))
             return R.where(R.greater(x, relax.const(0.0, dtype)), x, neg)
 
+    class NonMaxSuppression(base):  # type: ignore[misc, valid-type]
+        """TVM's converter silently replaces run-time max_output_boxes_per_class, iou_threshold
+        and score_threshold by defaults (0 boxes): refuse those instead."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            inner = tvm_table["NonMaxSuppression"].get_converter(opset)
+
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                names = {2: "max_output_boxes_per_class", 3: "iou_threshold",
+                         4: "score_threshold"}
+                for i, name in names.items():
+                    if len(inputs) > i and inputs[i] is not None and const_value(
+                            inputs[i], params) is None:
+                        raise ConverterError(f"NonMaxSuppression: {name} must be a constant")
+                if len(inputs) > 3 and inputs[3] is not None:
+                    import numpy as np
+
+                    # ONNX suppresses when IoU > threshold, TVM's kernel when IoU >= threshold:
+                    # the next float32 up makes the two agree.
+                    t = np.float32(np.asarray(const_value(inputs[3], params)).reshape(-1)[0])
+                    up = np.nextafter(t, np.float32(np.inf), dtype=np.float32)
+                    inputs = [*inputs[:3], relax.const(np.array([up], np.float32)), *inputs[4:]]
+                return inner(bb, inputs, attr, params)
+
+            return convert
+
     return {"Softmax": Softmax, "MatMul": MatMul, "Elu": Elu,
+            "NonMaxSuppression": NonMaxSuppression,
             "ReduceMax": reduce_extreme("ReduceMax", -1.0),
             "ReduceMin": reduce_extreme("ReduceMin", 1.0),
             "Attention": Attention, "LayerNormalization": LayerNormalization, "Resize": Resize,
