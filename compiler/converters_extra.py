@@ -538,33 +538,103 @@ def converters(base: type) -> dict[str, type]:
                 y = R.add(y, R.reshape(bias, (1, oc, 1, 1)))
             return y
 
+    def dynamic_quantize(bb: Any, a: Any) -> tuple[Any, Any]:
+        """onnxruntime's dynamic uint8 quantization of a whole float tensor (as
+        DynamicQuantizeLinear): returns (q - zero_point as int32, scale)."""
+        f32 = "float32"
+        zero = const(0.0, f32)
+        lo = R.minimum(R.min(a), zero)
+        hi = R.maximum(R.max(a), zero)
+        scale = bb.emit(R.where(R.equal(hi, lo), const(1.0, f32),
+                                R.divide(R.subtract(hi, lo), const(255.0, f32))))
+        zp = R.round(R.clip(R.subtract(zero, R.divide(lo, scale)), 0, 255))
+        q = R.clip(R.add(R.round(R.divide(a, scale)), zp), 0, 255)
+        return bb.emit(R.astype(R.subtract(q, zp), "int32")), scale
+
     class DynamicQuantizeLSTM(base):  # type: ignore[misc, valid-type]
-        """com.microsoft DynamicQuantizeLSTM: an LSTM with int8 weights ([D, in, 4H] and
-        [D, H, 4H], per-direction or per-column scales). The weights are dequantized (constant
-        folded when they are initializers) and the float LSTM runs; onnxruntime also quantizes
-        the activations, so results differ from it by that rounding."""
+        """com.microsoft DynamicQuantizeLSTM (onnxruntime's quantized LSTM): int8/uint8 weights
+        W [D, in, 4H] and R [D, H, 4H] with per-direction or per-column scales; like
+        onnxruntime, the activations entering each matmul (all steps of X at once, then the
+        hidden state at each step) are quantized to uint8 on the fly and multiplied in int32;
+        bit-exact with onnxruntime for batch 1. For larger batches onnxruntime quantizes the
+        hidden state per chunk of rows (one chunk per thread), here the whole batch at once.
+        Unrolled over the static sequence length; default activations, no clip."""
 
         @classmethod
         def _impl_v1(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
-            x, w, r = inputs[0], inputs[1], inputs[2]
+            op = "DynamicQuantizeLSTM"
+            x, w, r = (bb.normalize(i) for i in inputs[:3])
+            b, lens, h0, c0, peep = (opt(inputs, i) for i in range(3, 8))
             w_s, w_z, r_s, r_z = (opt(inputs, i) for i in (8, 9, 10, 11))
             if w_s is None or r_s is None:
-                raise ConverterError("DynamicQuantizeLSTM: W_scale and R_scale are required")
+                raise ConverterError(f"{op}: W_scale and R_scale are required")
+            if attr.get("activations") or attr.get("clip") is not None \
+                    or int(attr.get("input_forget", 0)) or int(attr.get("layout", 0)):
+                raise ConverterError(f"{op}: only default activations, no clip, no "
+                                     "input_forget and layout 0 are supported")
+            seq, batch, _ = shape_of(bb, x)
+            if lens is not None:
+                lv = constant(op, "sequence_lens", lens, params)
+                if not (lv == seq).all():
+                    raise ConverterError(f"{op}: variable sequence_lens are not supported")
+            dirs = shape_of(bb, w)[0]
+            hidden = int(attr["hidden_size"])
+            direction = text(attr, "direction", "forward")
+            f32 = "float32"
 
-            def dequant(q: Any, scale: Any, zp: Any) -> Any:
-                shape = shape_of(bb, q)
-                sshape = shape_of(bb, scale)
-                view = (shape[0], 1, 1) if len(sshape) == 1 else (shape[0], 1, shape[2])
-                y = R.astype(q, "float32")
-                if zp is not None:
-                    y = R.subtract(y, R.reshape(R.astype(zp, "float32"), view))
-                y = R.multiply(y, R.reshape(scale, view))
-                return bb.normalize(R.permute_dims(y, [0, 2, 1]))  # → [D, 4H, in]
+            def per_dir(t: Any, d: int) -> Any:
+                return R.squeeze(R.strided_slice(t, [0], [d], [d + 1]), [0])
 
-            lstm = fe._get_convert_map()["LSTM"].get_converter(7)
-            ins = fe.onnx_input([x, dequant(w, w_s, w_z), dequant(r, r_s, r_z),
-                                 *[opt(inputs, i) for i in range(3, 8)]])
-            return lstm(bb, ins, attr, params)
+            def weights(q: Any, scale: Any, zp: Any, d: int) -> tuple[Any, Any]:
+                wi = R.astype(per_dir(q, d), "int32")
+                if zp is not None:  # onnxruntime uses one zero point per direction
+                    z = bb.normalize(R.astype(per_dir(zp, d), "int32"))
+                    if shape_of(bb, z):
+                        z = R.strided_slice(z, [0], [0], [1])
+                    wi = R.subtract(wi, z)
+                return bb.emit(wi), bb.emit(R.astype(per_dir(scale, d), f32))
+
+            xq, xs = dynamic_quantize(bb, R.reshape(x, (seq * batch, -1)))
+            ys, hs_final, cs_final = [], [], []
+            for d in range(dirs):
+                reverse = direction == "reverse" or (direction == "bidirectional" and d == 1)
+                wq, ws = weights(w, w_s, w_z, d)
+                rq, rs = weights(r, r_s, r_z, d)
+                xw = R.multiply(R.astype(R.matmul(xq, wq, out_dtype="int32"), f32),
+                                R.multiply(xs, ws))
+                if b is not None:
+                    bd = per_dir(b, d)
+                    xw = R.add(xw, R.add(R.strided_slice(bd, [0], [0], [4 * hidden]),
+                                         R.strided_slice(bd, [0], [4 * hidden], [8 * hidden])))
+                xw = bb.emit(R.reshape(xw, (seq, batch, 4 * hidden)))
+                h = per_dir(h0, d) if h0 is not None else R.zeros((batch, hidden), f32)
+                c = per_dir(c0, d) if c0 is not None else R.zeros((batch, hidden), f32)
+                pd = per_dir(peep, d) if peep is not None else None
+                out: dict[int, Any] = {}
+                for t in (range(seq - 1, -1, -1) if reverse else range(seq)):
+                    hq, hsc = dynamic_quantize(bb, h)
+                    rec = R.multiply(R.astype(R.matmul(hq, rq, out_dtype="int32"), f32),
+                                     R.multiply(hsc, rs))
+                    g = bb.emit(R.add(R.squeeze(R.strided_slice(xw, [0], [t], [t + 1]), [0]),
+                                      rec))
+                    i_, o_, f_, c_ = (R.strided_slice(g, [1], [k * hidden], [(k + 1) * hidden])
+                                      for k in range(4))
+                    if pd is not None:
+                        p_i, p_o, p_f = (R.strided_slice(pd, [0], [k * hidden],
+                                                         [(k + 1) * hidden]) for k in range(3))
+                        i_ = R.add(i_, R.multiply(p_i, c))
+                        f_ = R.add(f_, R.multiply(p_f, c))
+                    c = bb.emit(R.add(R.multiply(R.sigmoid(f_), c),
+                                      R.multiply(R.sigmoid(i_), R.tanh(c_))))
+                    if pd is not None:
+                        o_ = R.add(o_, R.multiply(p_o, c))
+                    h = bb.emit(R.multiply(R.sigmoid(o_), R.tanh(c)))
+                    out[t] = h
+                ys.append(R.stack([out[t] for t in range(seq)], axis=0))  # [seq, batch, H]
+                hs_final.append(h)
+                cs_final.append(c)
+            return relax.Tuple([R.stack(ys, axis=1), R.stack(hs_final, axis=0),
+                                R.stack(cs_final, axis=0)])
 
     # ---------------------------------------------------------------- attention-like
 

@@ -38,3 +38,53 @@ def test_converters_extra():
     assert sorted(r.name for r in results) == sorted(CASES)
     failed = {r.name: f"{r.ours}: {r.detail}" for r in results if r.ours != "pass"}
     assert not failed, failed
+
+
+def _dq_lstm_model(rng):  # a tiny com.microsoft DynamicQuantizeLSTM, as onnxruntime's quantizer
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    seq, batch, inp, hid, dirs = 5, 1, 4, 3, 2  # batch 1: see DynamicQuantizeLSTM
+    w = rng.integers(-90, 90, (dirs, inp, 4 * hid)).astype(np.int8)
+    r = rng.integers(-90, 90, (dirs, hid, 4 * hid)).astype(np.int8)
+    inits = [numpy_helper.from_array(a, n) for a, n in [
+        (w, "W"), (r, "R"), (rng.normal(0, 0.1, (dirs, 8 * hid)).astype(np.float32), "B"),
+        (np.array([0.011, 0.009], np.float32), "Ws"), (np.zeros(dirs, np.int8), "Wz"),
+        (rng.uniform(0.005, 0.02, (dirs, 4 * hid)).astype(np.float32), "Rs"),
+        (np.zeros((dirs, 4 * hid), np.int8), "Rz")]]
+    node = helper.make_node("DynamicQuantizeLSTM",
+                            ["X", "W", "R", "B", "", "", "", "", "Ws", "Wz", "Rs", "Rz"],
+                            ["Y", "Yh", "Yc"], domain="com.microsoft",
+                            direction="bidirectional", hidden_size=hid)
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [seq, batch, inp])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [seq, dirs, batch, hid]),
+         helper.make_tensor_value_info("Yh", TensorProto.FLOAT, [dirs, batch, hid]),
+         helper.make_tensor_value_info("Yc", TensorProto.FLOAT, [dirs, batch, hid])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    return model.SerializeToString(), rng.normal(0, 1, (seq, batch, inp)).astype(np.float32)
+
+
+def test_dynamic_quantize_lstm_matches_onnxruntime(tmp_path):
+    """Activations are quantized per matmul exactly as onnxruntime does (the dynamically
+    quantized CRNN of the real-model corpus relies on it)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from bench.conformance import TARGET
+    from compiler._build import BuildRequest, build
+    from compiler.prepasses import fold_constants
+    from compiler.validation import validate_model
+    from edgeforge_runtime._vm import VirtualMachine
+
+    data, x = _dq_lstm_model(np.random.default_rng(0))
+    folded, _ = fold_constants(validate_model(data).model)
+    out = build(BuildRequest(model_bytes=folded.SerializeToString(), target=TARGET, cc="g++",
+                             out_path=str(tmp_path / "m.so"),
+                             optimize={"measure": False, "candidates": 1}), lambda _: None)
+    actual = [np.from_dlpack(t) for t in VirtualMachine(out.library).run([x])]
+    expected = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"X": x})
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
