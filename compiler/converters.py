@@ -28,7 +28,7 @@ EXTRA_OPS = frozenset({"LSTM", "GRU", "RNN", "Celu", "Swish", "CumProd", "LpNorm
 WRAPPED_OPS = frozenset({"Attention", "LayerNormalization", "Resize", "Upsample", "OneHot", "Pow",
                          "Compress", "IsInf", "BitShift", "Mod", "RMSNormalization",
                          "BatchNormalization", "ReduceMax", "ReduceMin", "Softmax", "MatMul",
-                         "Elu", "NonMaxSuppression"})
+                         "Elu", "NonMaxSuppression", "EyeLike", "SpaceToDepth"})
 
 _installed: dict[str, bool] = {}
 
@@ -324,7 +324,9 @@ def _converters(base: type) -> dict[str, type]:
                 norm = R.sqrt(R.sum(R.multiply(x, x), [axis], keepdims=True))
             else:
                 raise ConverterError(f"LpNormalization: p={p} is not supported (1 or 2)")
-            return R.divide(x, norm)
+            # An all-zero slice stays zero (ONNX), not 0/0.
+            zero = const(0.0, x.ty.dtype)
+            return R.divide(x, R.where(R.equal(norm, zero), const(1.0, x.ty.dtype), norm))
 
     def nll(bb: Any, logp: Any, target: Any, weight: Any, attr: dict[str, Any]) -> Any:
         """ONNX NegativeLogLikelihoodLoss on log-probabilities ``logp`` [N, C, d...]."""
@@ -959,7 +961,31 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
 
             return convert
 
-    return {"Softmax": Softmax, "MatMul": MatMul, "Elu": Elu,
+    class EyeLike(base):  # type: ignore[misc, valid-type]
+        """The dtype attribute may differ from the input's dtype."""
+
+        @classmethod
+        def _impl_v9(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            from onnx import helper
+
+            dtype = dtype_of(bb, inputs[0])
+            if "dtype" in attr:
+                dtype = str(helper.tensor_dtype_to_np_dtype(int(attr["dtype"])))
+            return R.eye_like(inputs[0], int(attr.get("k", 0)), dtype)
+
+    class SpaceToDepth(base):  # type: ignore[misc, valid-type]
+        """The CRD mode (TVM implements DCR only)."""
+
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            bs = int(attr["blocksize"])
+            b, c, h, w = shape_of(bb, inputs[0])
+            x = R.reshape(inputs[0], (b, c, h // bs, bs, w // bs, bs))
+            perm = [0, 1, 3, 5, 2, 4] if _s(attr, "mode", "DCR") == "CRD" else [0, 3, 5, 1, 2, 4]
+            return R.reshape(R.permute_dims(x, perm), (b, c * bs * bs, h // bs, w // bs))
+
+    return {"Softmax": Softmax, "MatMul": MatMul, "Elu": Elu, "EyeLike": EyeLike,
+            "SpaceToDepth": SpaceToDepth,
             "NonMaxSuppression": NonMaxSuppression,
             "ReduceMax": reduce_extreme("ReduceMax", -1.0),
             "ReduceMin": reduce_extreme("ReduceMin", 1.0),
