@@ -28,7 +28,8 @@ EXTRA_OPS = frozenset({"LSTM", "GRU", "RNN", "Celu", "Swish", "CumProd", "LpNorm
 WRAPPED_OPS = frozenset({"Attention", "LayerNormalization", "Resize", "Upsample", "OneHot", "Pow",
                          "Compress", "IsInf", "BitShift", "Mod", "RMSNormalization",
                          "BatchNormalization", "ReduceMax", "ReduceMin", "Softmax", "MatMul",
-                         "Elu", "NonMaxSuppression", "EyeLike", "SpaceToDepth"})
+                         "Elu", "NonMaxSuppression", "EyeLike", "SpaceToDepth",
+                         "ConvTranspose", "MaxPool"})
 
 _installed: dict[str, bool] = {}
 
@@ -984,7 +985,115 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
             perm = [0, 1, 3, 5, 2, 4] if _s(attr, "mode", "DCR") == "CRD" else [0, 3, 5, 1, 2, 4]
             return R.reshape(R.permute_dims(x, perm), (b, c * bs * bs, h // bs, w // bs))
 
+    class ConvTranspose(base):  # type: ignore[misc, valid-type]
+        """The output_shape attribute (TVM ignores it): pads from ONNX's total-padding rule;
+        a negative end pad becomes output_padding."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            inner = tvm_table["ConvTranspose"].get_converter(opset)
+
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                if "output_shape" not in attr:
+                    return inner(bb, inputs, attr, params)
+                attr = dict(attr)
+                x_shape, w_shape = shape_of(bb, inputs[0]), shape_of(bb, inputs[1])
+                nd = len(x_shape) - 2
+                target = [int(v) for v in attr.pop("output_shape")][-nd:]
+                strides = list(attr.get("strides", [1] * nd))
+                dil = list(attr.get("dilations", [1] * nd))
+                outpad = list(attr.get("output_padding", [0] * nd))
+                kernel = list(attr.get("kernel_shape", w_shape[2:]))
+                upper = _s(attr, "auto_pad", "NOTSET") == "SAME_UPPER"
+                attr.pop("auto_pad", None)
+                begin, end = [], []
+                for i in range(nd):
+                    total = (strides[i] * (x_shape[2 + i] - 1) + outpad[i]
+                             + (kernel[i] - 1) * dil[i] + 1 - target[i])
+                    b_ = total // 2 if upper else total - total // 2
+                    e_ = total - b_
+                    if b_ < 0:
+                        raise ConverterError("ConvTranspose: output_shape larger than this "
+                                             "transposed convolution can produce")
+                    if e_ < 0:
+                        outpad[i] -= e_
+                        e_ = 0
+                    begin.append(b_)
+                    end.append(e_)
+                attr["pads"] = begin + end
+                attr["output_padding"] = outpad
+                return inner(bb, inputs, attr, params)
+
+            return convert
+
+    class MaxPool(base):  # type: ignore[misc, valid-type]
+        """The Indices output (TVM returns only the values): per kernel offset, the first
+        window position (in scan order) holding the maximum."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            inner = tvm_table["MaxPool"].get_converter(opset)
+
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                import itertools
+
+                import numpy as np
+
+                y = inner(bb, inputs, attr, params)
+                if attr.get("tvm_custom", {}).get("num_outputs", 1) < 2:
+                    return y
+                y = bb.normalize(y)
+                x = inputs[0]
+                shape, out = shape_of(bb, x), shape_of(bb, y)
+                nd = len(shape) - 2
+                if _s(attr, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+                    raise ConverterError("MaxPool: Indices with auto_pad SAME_* are not supported")
+                kernel = list(attr["kernel_shape"])
+                strides = list(attr.get("strides", [1] * nd))
+                dil = list(attr.get("dilations", [1] * nd))
+                pads = list(attr.get("pads", [0] * (2 * nd)))
+                if _s(attr, "auto_pad", "NOTSET") == "VALID":
+                    pads = [0] * (2 * nd)
+                order = int(attr.get("storage_order", 0))
+                if order and nd != 2:
+                    raise ConverterError("MaxPool: storage_order=1 needs a 2-D pool")
+                if order:
+                    n_, c_, h_, w_ = shape
+                    idx = (np.arange(n_ * c_).reshape(n_, c_, 1, 1) * h_ * w_
+                           + np.arange(w_).reshape(1, 1, 1, w_) * h_
+                           + np.arange(h_).reshape(1, 1, h_, 1))
+                else:
+                    idx = np.arange(int(np.prod(shape))).reshape(shape)
+                ends = []
+                for i in range(nd):
+                    need = (out[2 + i] - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1
+                    have = shape[2 + i] + pads[i] + pads[nd + i]
+                    ends.append(pads[nd + i] + max(0, need - have))
+                width = [0, 0, 0, 0]
+                for i in range(nd):
+                    width += [pads[i], ends[i]]
+                dtype = dtype_of(bb, x)
+                low = float("-inf") if dtype.startswith("float") else float(
+                    np.iinfo(dtype).min)
+                xp = bb.normalize(R.nn.pad(x, width, pad_value=low))
+                ip = np.pad(idx, [(width[2 * a], width[2 * a + 1]) for a in range(nd + 2)],
+                            constant_values=-1).astype("int64")
+                res: Any = relax.const(np.full(out, -1, dtype="int64"))
+                axes = list(range(2, nd + 2))
+                for off in reversed(list(itertools.product(*[range(k) for k in kernel]))):
+                    begin = [off[i] * dil[i] for i in range(nd)]
+                    end = [begin[i] + (out[2 + i] - 1) * strides[i] + 1 for i in range(nd)]
+                    window = R.strided_slice(xp, axes, begin, end, strides)
+                    sl = tuple([slice(None), slice(None)] + [
+                        slice(begin[i], end[i], strides[i]) for i in range(nd)])
+                    res = R.where(R.equal(window, y), relax.const(ip[sl]), res)
+                return relax.Tuple([y, bb.normalize(res)])
+
+            return convert
+
     return {"Softmax": Softmax, "MatMul": MatMul, "Elu": Elu, "EyeLike": EyeLike,
+            "MaxPool": MaxPool,
+            "ConvTranspose": ConvTranspose,
             "SpaceToDepth": SpaceToDepth,
             "NonMaxSuppression": NonMaxSuppression,
             "ReduceMax": reduce_extreme("ReduceMax", -1.0),
