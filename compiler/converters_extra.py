@@ -438,7 +438,15 @@ def converters(base: type) -> dict[str, type]:
         @classmethod
         def _impl_v10(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
             a, a_s, a_z, b, b_s, b_z, y_s, y_z = (opt(inputs, i) for i in range(8))
-            acc = R.matmul(zp_sub(bb, a, a_z, None, 0), zp_sub(bb, b, b_z, None, 0), out_dtype="int32")
+
+            def per_row(v: Any) -> Any:  # 1-D a_scale / a_zero_point: one value per row of a
+                if v is not None and len(shape_of(bb, v)) == 1 and shape_of(bb, v)[0] > 1:
+                    return R.reshape(v, (-1, 1))
+                return v
+
+            a_s, a_z = per_row(a_s), per_row(a_z)
+            acc = R.matmul(zp_sub(bb, a, a_z, None, 0), zp_sub(bb, b, b_z, None, 0),
+                           out_dtype="int32")
             scale = R.divide(R.multiply(a_s, b_s), y_s)
             out_dtype = dtype_of(bb, y_z if y_z is not None else a)
             return requantize(bb, acc, scale, y_z, out_dtype)
@@ -879,6 +887,8 @@ def converters(base: type) -> dict[str, type]:
 
     # ---------------------------------------------------------------- control flow
 
+    fold_cache: dict[tuple[Any, ...], Any] = {}
+
     def fold_body(bb: Any, graph: Any, bound: dict[str, Any], env: dict[str, Any],
                   opset: int) -> Any:
         """The subgraph with everything that only depends on shapes and constants folded
@@ -895,22 +905,26 @@ def converters(base: type) -> dict[str, type]:
             return helper.make_tensor_value_info(name, elem, shape_of(bb, value))
 
         produced = {o for n in graph.node for o in n.output} | {i.name for i in graph.initializer}
-        inputs, inits = [], list(graph.initializer)
+        outer = sorted({i for n in graph.node for i in n.input} - produced - set(bound))
+        values = {**{n: env[n] for n in outer if n and n in env}, **bound}
+        inputs, inits, key = [], list(graph.initializer), [id(graph)]
         try:
-            for name, value in bound.items():
-                inputs.append(info(name, value))
-            for name in sorted({i for n in graph.node for i in n.input} - produced - set(bound)):
-                if not name or name not in env:
-                    continue
-                value = env[name]
-                if isinstance(value, Constant):
-                    inits.append(numpy_helper.from_array(value.value.numpy(), name))
+            for name, value in values.items():
+                if isinstance(value, Constant):  # e.g. a Loop's iteration number
+                    array = value.value.numpy()
+                    inits.append(numpy_helper.from_array(array, name))
+                    key.append((name, array.tobytes(), str(array.dtype), array.shape))
                 else:
                     inputs.append(info(name, value))
+                    key.append((name, tuple(shape_of(bb, value)), dtype_of(bb, value)))
+            cache_key = tuple(key)
+            if cache_key in fold_cache:
+                return fold_cache[cache_key]
             g = helper.make_graph(list(graph.node), "body", inputs, list(graph.output), inits)
             model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
             model.ir_version = onnx.IR_VERSION
             folded, _ = fold_constants(model)
+            fold_cache[cache_key] = folded.graph
             return folded.graph
         except Exception:  # folding is an optimisation: keep the graph as it is
             return graph
