@@ -6,7 +6,8 @@ Two services, both with every AWS client injected (through :mod:`compiler.storag
 * :class:`Ingestor` — for each S3 ``ObjectCreated`` record: refuse unsafe keys, locate the exact
   object version, claim the upload (so duplicate deliveries do nothing), read the optional spec
   sidecar, validate the model cheaply (no TVM), assign the next version of the model, and send one
-  :class:`CompileMessage` per profile.
+  :class:`CompileMessage` per profile: to the arm64 compile queue when one is configured and
+  :func:`builds_on_arm64` says so, else to the compile queue.
 * :class:`CompileRunner` — for each message: compile that one profile, publish the artifact
   (never replacing one already published), record the job, update the report next to the model
   and notify.
@@ -59,7 +60,7 @@ from .exceptions import (
     TransientError,
 )
 from .pipeline import ProfileResult, compile_model
-from .profiles import ProfileRegistry, load_profiles
+from .profiles import Profile, ProfileRegistry, load_profiles
 from .publish import next_index, signed_index
 from .signing import Signer
 from .spec import CompileOptions, CompileSpec
@@ -97,6 +98,7 @@ __all__ = [
     "UploadSpec",
     "artifact_key",
     "artifact_report_key",
+    "builds_on_arm64",
     "check_key",
     "derive_model_name",
     "is_transient",
@@ -528,19 +530,47 @@ class IngestOutcome(BaseModel):
     model_name: str | None = None
     version: int | None = None
     profiles: list[str] = Field(default_factory=list)
+    #: With an arm64 compile queue: the profiles sent to it (the others went to the main one).
+    arm64_profiles: list[str] | None = None
     report_key: str | None = None
     error_code: str | None = None
     reason: str | None = None
 
 
+def builds_on_arm64(profile: Profile) -> bool:
+    """Whether ``profile`` is compiled by the arm64 (AWS Graviton) compile function, where one
+    is deployed (template.yaml ``ArmCompile=true``).
+
+    The fast CPU build times several sampled schedules per task and keeps the fastest only where
+    the target's code runs on the build machine (``compiler.optimize._runnable_on_host``: same
+    architecture, the target's ISA features a subset of the host's); elsewhere it keeps the
+    first, untimed sample. AArch64 CPU code runs natively on Graviton, so those profiles (rpi4,
+    rpi5, graviton, aarch64) are timed there. Not armv7: TVM times candidates inside the
+    compiling process, a 64-bit one that cannot load 32-bit code, so an arm64 builder gains
+    nothing over x86_64. Not CUDA (the jetson profiles included): a build machine without a GPU
+    times no kernels on either architecture, so they stay with the x86_64 function."""
+    return profile.device == "cpu" and profile.arch == "aarch64"
+
+
 class Ingestor:
-    """Turn S3 ``ObjectCreated`` records into versions and compile messages (idempotently)."""
+    """Turn S3 ``ObjectCreated`` records into versions and compile messages (idempotently).
+
+    ``arm64_queue``: the arm64 compile function's queue, for the profiles
+    :func:`builds_on_arm64` picks; ``None`` sends every profile to ``queue``."""
 
     def __init__(self, store: ObjectStore, jobs: JobStore, queue: Queue, notifier: Notifier,
-                 config: IngestConfig, registry: ProfileRegistry | None = None) -> None:
+                 config: IngestConfig, registry: ProfileRegistry | None = None,
+                 arm64_queue: Queue | None = None) -> None:
         self.store, self.jobs, self.queue, self.notifier = store, jobs, queue, notifier
         self.config = config
         self.registry = registry or load_profiles()
+        self.arm64_queue = arm64_queue
+
+    def route(self, profile: str) -> Queue:
+        """The queue that compiles ``profile`` (a known profile name)."""
+        if self.arm64_queue is not None and builds_on_arm64(self.registry.get(profile)):
+            return self.arm64_queue
+        return self.queue
 
     def handle(self, event: ObjectCreated) -> IngestOutcome:
         bucket, key = event.bucket, event.key
@@ -637,16 +667,21 @@ class Ingestor:
             for p in profiles
         ]
         self.jobs.create_jobs(name, version, profiles, upload_id)
-        self.queue.send_many([m.to_json() for m in messages])
+        arm64 = [m.profile for m in messages if self.route(m.profile) is not self.queue]
+        self.queue.send_many([m.to_json() for m in messages if m.profile not in arm64])
+        if self.arm64_queue is not None and arm64:
+            self.arm64_queue.send_many([m.to_json() for m in messages if m.profile in arm64])
         report = UploadReport(status="accepted", upload_id=upload_id, model=name, version=version,
                               source=source, profiles={p: ProfileStatus(status="queued")
                                                        for p in profiles})
         self._write_report(report_key(key), report)
         self.jobs.finish_upload(upload_id, "assigned", model=name, version=version,
                                 profiles=profiles)
-        logger.info("accepted %s as %s v%d for %s", ascii(key), name, version, profiles)
+        logger.info("accepted %s as %s v%d for %s%s", ascii(key), name, version, profiles,
+                    f" (arm64 builder: {arm64})" if arm64 else "")
         return IngestOutcome(status="accepted", key=key, upload_id=upload_id, model_name=name,
-                             version=version, profiles=profiles, report_key=report_key(key))
+                             version=version, profiles=profiles, report_key=report_key(key),
+                             arm64_profiles=arm64 if self.arm64_queue is not None else None)
 
     def _write_report(self, key: str, report: UploadReport) -> None:
         def mutate(current: dict[str, Any] | None) -> dict[str, Any] | None:

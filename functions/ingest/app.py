@@ -4,6 +4,9 @@ version once per distinct upload → one compile message per profile.
 Triggered by S3 directly (template.yaml) or by an SQS queue that S3 notifies (the local stack);
 both event shapes are accepted. Permanent problems are reported next to the model and notified,
 and the invocation succeeds; a transient problem raises so that the invocation is retried.
+
+With ``EDGEFORGE_ARM_COMPILE_QUEUE_URL`` set (template.yaml ``ArmCompile=true``), the AArch64 CPU
+profiles go to the arm64 compile function's queue (``compiler.jobs.builds_on_arm64``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ class IngestSettings(BaseSettings):
 
     models_bucket: str
     compile_queue_url: str
+    #: The arm64 (Graviton) compile function's queue, for AArch64 CPU profiles ("" = none: every
+    #: profile goes to the compile queue). Set by template.yaml when ArmCompile=true.
+    arm_compile_queue_url: str = ""
     jobs_table: str
     topic_arn: str
     #: Profiles compiled when the upload has no spec sidecar (comma-separated in the env).
@@ -48,11 +54,14 @@ tracer = Tracer(service="edgeforge-ingest")
 metrics = Metrics(namespace="edgeforge", service="edgeforge-ingest")
 
 settings = IngestSettings()  # type: ignore[call-arg]
+_sqs = boto3.client("sqs")
 ingestor = Ingestor(
     store=ObjectStore(boto3.client("s3")),
     jobs=JobStore(JsonTable(boto3.client("dynamodb"), settings.jobs_table),
                   lease_s=settings.lease_s),
-    queue=Queue(boto3.client("sqs"), settings.compile_queue_url),
+    queue=Queue(_sqs, settings.compile_queue_url),
+    arm64_queue=(Queue(_sqs, settings.arm_compile_queue_url)
+                 if settings.arm_compile_queue_url else None),
     notifier=Notifier(boto3.client("sns"), settings.topic_arn),
     config=IngestConfig(models_bucket=settings.models_bucket,
                         default_profiles=settings.default_profiles,

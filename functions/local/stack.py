@@ -51,6 +51,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import platform
 import re
 import signal
 import sys
@@ -102,7 +103,9 @@ _EMULATED = ("AWS::S3::Bucket", "AWS::S3::BucketPolicy", "AWS::DynamoDB::Table",
 _PR_SET_PDEATHSIG = 1
 #: The function properties the local stack uses (others may name resources it does not create).
 _FUNCTION_SETTINGS = ("FunctionName", "Timeout", "MemorySize", "Environment", "DeadLetterQueue",
-                      "EventInvokeConfig", "ReservedConcurrentExecutions")
+                      "EventInvokeConfig", "ReservedConcurrentExecutions", "Architectures")
+#: Lambda's architecture names as ``platform.machine()`` spells them.
+_MACHINE = {"x86_64": "x86_64", "arm64": "aarch64"}
 #: Shared counters of one worker process (a multiprocessing Array of doubles).
 _READY, _BUSY_SINCE, _INVOCATIONS, _RECORDS, _FAILED_RECORDS, _ERRORS = range(6)
 _COUNTERS = 6
@@ -998,6 +1001,10 @@ class LocalStack:
             except TemplateError as e:
                 raise StackStartError(f"cannot resolve {lid}'s settings: {e}") from e
             name = str(props.get("FunctionName") or resolver.resources[lid].ref)
+            for arch in props.get("Architectures") or []:
+                if _MACHINE.get(str(arch), str(arch)) != platform.machine():
+                    self._notes.append(f"{lid}: Architectures {arch} is not emulated; its "
+                                       f"workers run on this machine ({platform.machine()})")
             timeout = float(props.get("Timeout", 3))
             memory = int(props.get("MemorySize", 128))
             log = self.logs_dir / f"{lid}.log"

@@ -104,6 +104,9 @@ class Stack:
     key_id: str
     uploads_queue: str
     compile_queue: str
+    #: The arm64 compile function's queue (it exists either way; ingest knows it only in
+    #: the ``arm_stack`` fixture, as with ArmCompile=true).
+    arm_compile_queue: str
     dlq: str
     notifications_queue: str
     topic_arn: str
@@ -138,6 +141,9 @@ class Stack:
 
     def compile_messages(self) -> list[dict[str, Any]]:
         return self._drain(self.compile_queue)
+
+    def arm_compile_messages(self) -> list[dict[str, Any]]:
+        return self._drain(self.arm_compile_queue)
 
     def sqs_event(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
         """Lambda's SQS event for received messages, shaped like events/compile-sqs.json."""

@@ -35,6 +35,17 @@ def _import_fresh(name: str) -> Any:
 
 @pytest.fixture
 def stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Stack]:
+    """The template's default: one compile queue for every profile (ArmCompile=false)."""
+    yield from _stack(monkeypatch, tmp_path, arm=False)
+
+
+@pytest.fixture
+def arm_stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Stack]:
+    """ArmCompile=true: a second compile queue, for the arm64 compile function."""
+    yield from _stack(monkeypatch, tmp_path, arm=True)
+
+
+def _stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, arm: bool) -> Iterator[Stack]:
     for var, value in {
         "AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
@@ -59,10 +70,10 @@ def stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Stack]:
         dlq = sqs.create_queue(QueueName="edgeforge-compile-dlq")["QueueUrl"]
         dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])[
             "Attributes"]["QueueArn"]
-        compile_q = sqs.create_queue(QueueName="edgeforge-compile", Attributes={
+        compile_q, arm_q = (sqs.create_queue(QueueName=name, Attributes={
             "VisibilityTimeout": "5400",
             "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 3}),
-        })["QueueUrl"]
+        })["QueueUrl"] for name in ("edgeforge-compile", "edgeforge-compile-arm64"))
         # S3 → SQS, as the local stack wires it (in AWS, S3 invokes the ingest function).
         uploads = sqs.create_queue(QueueName="edgeforge-uploads")["QueueUrl"]
         uploads_arn = sqs.get_queue_attributes(QueueUrl=uploads, AttributeNames=["QueueArn"])[
@@ -89,6 +100,8 @@ def stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Stack]:
         for var, value in {
             "MODELS_BUCKET": MODELS_BUCKET, "ARTIFACTS_BUCKET": ARTIFACTS_BUCKET,
             "JOBS_TABLE": TABLE, "TOPIC_ARN": topic, "COMPILE_QUEUE_URL": compile_q,
+            # as template.yaml sets it: the arm64 queue's URL, or "" without ArmCompile
+            "ARM_COMPILE_QUEUE_URL": arm_q if arm else "",
             "KMS_KEY_ID": key_id, "DEFAULT_PROFILES": "x86_64",
             "TIMEOUT_S": "600", "MEMORY_LIMIT_MB": "8192",
         }.items():
@@ -96,7 +109,8 @@ def stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Stack]:
         ingest = _import_fresh("functions.ingest.app")
         compile_app = _import_fresh("functions.compile.app")
         yield Stack(s3=s3, sqs=sqs, ddb=ddb, sns=sns, kms=kms, key_id=key_id,
-                    uploads_queue=uploads, compile_queue=compile_q, dlq=dlq,
+                    uploads_queue=uploads, compile_queue=compile_q, arm_compile_queue=arm_q,
+                    dlq=dlq,
                     notifications_queue=captured, topic_arn=topic, ingest=ingest,
                     compile=compile_app)
 

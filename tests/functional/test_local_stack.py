@@ -2,12 +2,15 @@
 127.0.0.1, the real Lambda handlers as worker processes polling SQS, devices pulling signed
 artifacts over plain HTTP.
 
-The template reader is tested without a stack. One stack from the real template.yaml serves the
-end-to-end tests (two models uploaded concurrently plus an invalid one; real TVM compiles for
-x86_64 and aarch64). A second, tiny stack from a template written here runs :func:`flaky_handler`
-(this module, imported by the worker) to check the event source mapping: partial batch
-failures, redelivery, the DLQ after maxReceiveCount, crashed workers replaced. The CLI test runs
-``edgeforge dev up --detach / status / down`` as a user would.
+The template reader is tested without a stack. One stack from the real template.yaml, with
+ArmCompile=true, serves the end-to-end tests (two models uploaded concurrently plus an invalid
+one; real TVM compiles for x86_64 by CompileFunction and for aarch64 by CompileArmFunction, whose
+worker runs on this machine's architecture: the routing is what is tested, not Graviton). The
+CLI test starts the default (ArmCompile=false) stack. A second, tiny stack from a template
+written here runs :func:`flaky_handler` (this module, imported by the worker) to check the event
+source mapping: partial batch failures, redelivery, the DLQ after maxReceiveCount, crashed
+workers replaced. The CLI test runs ``edgeforge dev up --detach / status / down`` as a user
+would.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -179,7 +183,13 @@ def test_short_tags_and_intrinsics(tmp_path: Path) -> None:
 
 def test_functions_and_their_environment_come_from_template_yaml() -> None:
     template = load_template(ROOT / "template.yaml")
-    assert sorted(template.functions()) == ["CompileFunction", "IngestFunction"]
+    assert sorted(template.functions()) == ["CompileArmFunction", "CompileFunction",
+                                            "IngestFunction"]
+    # the arm64 compile function exists with ArmCompile=true only
+    assert not Resolver(template, template.parameters()).enabled("CompileArmFunction")
+    assert Resolver(template, template.parameters({"ArmCompile": "true"})).enabled(
+        "CompileArmFunction")
+    assert template.function("CompileArmFunction").handler == "functions.compile.app.lambda_handler"
     ingest, compile_ = template.function("IngestFunction"), template.function("CompileFunction")
     assert ingest.handler == "functions.ingest.app.lambda_handler"
     assert compile_.handler == "functions.compile.app.lambda_handler"  # the Dockerfile's CMD
@@ -203,7 +213,8 @@ def test_functions_and_their_environment_come_from_template_yaml() -> None:
 @pytest.fixture(scope="module")
 def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     state = tmp_path_factory.mktemp("devstack")
-    stack = LocalStack(StackOptions(state_dir=state, port=0, max_concurrency=2, retry_delay_s=1))
+    stack = LocalStack(StackOptions(state_dir=state, port=0, max_concurrency=2, retry_delay_s=1,
+                                    parameters={"ArmCompile": "true"}))
     stack.start()
     try:
         yield stack
@@ -235,6 +246,12 @@ def test_resources_are_those_of_the_template(local_stack: LocalStack) -> None:
     assert json.loads(compile_q["RedrivePolicy"]) == {
         "deadLetterTargetArn": res["CompileDeadLetterQueue"]["attributes"]["Arn"],
         "maxReceiveCount": 3}
+    # ArmCompile=true: the arm64 queue, the same settings and the same DLQ
+    arm_q = sqs.get_queue_attributes(QueueUrl=res["CompileArmQueue"]["ref"],
+                                     AttributeNames=["All"])["Attributes"]
+    assert arm_q["QueueArn"].endswith(":edgeforge-compile-arm64")
+    assert (arm_q["VisibilityTimeout"], arm_q["RedrivePolicy"]) == (
+        compile_q["VisibilityTimeout"], compile_q["RedrivePolicy"])
     # S3 → SQS stands for S3 → Lambda: retries end in the function's DLQ, after 2 + 1 receives
     events_q = sqs.get_queue_attributes(QueueUrl=res["IngestFunctionEvents"]["ref"],
                                         AttributeNames=["All"])["Attributes"]
@@ -253,7 +270,17 @@ def test_resources_are_those_of_the_template(local_stack: LocalStack) -> None:
     assert key["Arn"] == info.outputs["SigningKeyArn"]
     # the functions get the template's variables, resolved
     ingest, compile_ = info.functions["IngestFunction"], info.functions["CompileFunction"]
+    arm = info.functions["CompileArmFunction"]
     assert ingest.environment["EDGEFORGE_COMPILE_QUEUE_URL"] == res["CompileQueue"]["ref"]
+    assert ingest.environment["EDGEFORGE_ARM_COMPILE_QUEUE_URL"] == res["CompileArmQueue"]["ref"]
+    assert (compile_.queue_url, arm.queue_url) == (res["CompileQueue"]["ref"],
+                                                   res["CompileArmQueue"]["ref"])
+    assert arm.environment == compile_.environment and arm.handler == compile_.handler
+    # every worker runs on this machine: a function of another architecture is noted
+    machine = {"IngestFunction": "x86_64", "CompileFunction": "x86_64",
+               "CompileArmFunction": "aarch64"}
+    assert {n.split(":")[0] for n in info.notes if "Architectures" in n} == {
+        fn for fn, arch in machine.items() if arch != platform.machine()}
     assert ingest.environment["EDGEFORGE_DEFAULT_PROFILES"] == "x86_64,aarch64"
     assert compile_.environment["EDGEFORGE_KMS_KEY_ID"] == key["Arn"]
     assert compile_.environment["EDGEFORGE_BATCH_JOB_QUEUE"] == ""
@@ -353,8 +380,11 @@ def test_two_models_at_once_and_an_invalid_one(local_stack: LocalStack, tmp_path
     for fn, procs in workers.items():
         assert all(w["alive"] and w["errors"] == 0 and w["timeouts"] == 0 for w in procs), (
             fn, procs)
-    assert sum(w["records"] for w in workers["CompileFunction"]) == 4
-    assert sum(w["failed_records"] for w in workers["CompileFunction"]) == 0
+    # x86_64 by the compile function, aarch64 by the arm64 one (ArmCompile=true)
+    assert sum(w["records"] for w in workers["CompileFunction"]) == 2
+    assert sum(w["records"] for w in workers["CompileArmFunction"]) == 2
+    assert sum(w["failed_records"] for fn in ("CompileFunction", "CompileArmFunction")
+               for w in workers[fn]) == 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -490,6 +520,11 @@ def test_dev_up_detached_status_and_down(tmp_path: Path) -> None:
         assert info["status"] == "running" and info["endpoint"].startswith("http://127.0.0.1:")
         assert info["client_env"]["AWS_ENDPOINT_URL"] == info["endpoint"]
         assert set(info["queues"]) >= {"edgeforge-compile", "edgeforge-ingest-events"}
+        # the default ArmCompile=false: no arm64 queue or function, ingest knows none
+        assert "edgeforge-compile-arm64" not in info["queues"]
+        assert set(info["functions"]) == {"IngestFunction", "CompileFunction"}
+        assert info["functions"]["IngestFunction"]["environment"][
+            "EDGEFORGE_ARM_COMPILE_QUEUE_URL"] == ""
         pids = _tree([info["pid"]])
         assert len(pids) >= 4  # supervisor, moto, one worker per function
         again = _cli("dev", "up", "--detach", "--port", "0", "--state-dir", state)

@@ -3,6 +3,7 @@ and the sample events (environment variables, queue settings, event filters)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 from pathlib import Path
@@ -90,7 +91,8 @@ def test_ingest_trigger_matches_the_key_layout(template):
 
 
 @pytest.mark.parametrize(("function", "module"), [("IngestFunction", "functions.ingest.app"),
-                                                  ("CompileFunction", "functions.compile.app")])
+                                                  ("CompileFunction", "functions.compile.app"),
+                                                  ("CompileArmFunction", "functions.compile.app")])
 def test_environment_matches_the_settings(template, function, module):
     """Every EDGEFORGE_* variable the template sets is a settings field, and every required
     settings field is set (globals included)."""
@@ -107,6 +109,65 @@ def test_environment_matches_the_settings(template, function, module):
     assert ours <= set(fields), ours - set(fields)
     required = {name for name, has_default in fields.items() if not has_default}
     assert required <= ours, required - ours
+
+
+def test_each_function_names_one_architecture(template):
+    """SAM appends a function's Architectures to a list in Globals instead of replacing it, so
+    the template sets it per function only: x86_64, and arm64 for the arm64 compile function."""
+    assert "Architectures" not in template["Globals"]["Function"]
+    archs = {name: r["Properties"].get("Architectures") for name, r in
+             template["Resources"].items() if r["Type"] == "AWS::Serverless::Function"}
+    assert archs == {"IngestFunction": ["x86_64"], "CompileFunction": ["x86_64"],
+                     "CompileArmFunction": ["arm64"]}
+
+
+def test_arm_compile_is_optional_and_off_by_default(template):
+    param = template["Parameters"]["ArmCompile"]
+    assert (param["Default"], sorted(param["AllowedValues"])) == ("false", ["false", "true"])
+    assert template["Conditions"]["UseArmCompile"] == {
+        "Equals": [{"Ref": "ArmCompile"}, "true"]}
+    res = template["Resources"]
+    conditional = {name for name, r in res.items() if r.get("Condition") == "UseArmCompile"}
+    assert conditional == {"CompileArmQueue", "CompileArmFunction"}
+    outputs = {name for name, o in template["Outputs"].items()
+               if o.get("Condition") == "UseArmCompile"}
+    assert outputs == {"CompileArmQueueUrl", "CompileArmFunctionArn"}
+
+
+def test_arm_queue_is_the_compile_queue_with_another_name(template):
+    res = template["Resources"]
+    main, arm = res["CompileQueue"]["Properties"], res["CompileArmQueue"]["Properties"]
+    assert arm["QueueName"] == {"Sub": "${ResourcePrefix}-compile-arm64"}
+    # same visibility timeout, retention, encryption and DLQ (whose alarm covers both)
+    assert {k: v for k, v in arm.items() if k != "QueueName"} == {
+        k: v for k, v in main.items() if k != "QueueName"}
+    assert arm["RedrivePolicy"]["deadLetterTargetArn"] == {"GetAtt": "CompileDeadLetterQueue.Arn"}
+
+
+def test_arm_compile_function_is_the_compile_function_on_arm64(template):
+    """Everything but the architecture, the queue, the image tag and the description is
+    CompileFunction's: same image definition, handler (the Dockerfile's CMD), environment,
+    policies, memory, timeout and event source settings."""
+    res = template["Resources"]
+    main, arm = copy.deepcopy(res["CompileFunction"]), copy.deepcopy(res["CompileArmFunction"])
+    assert arm.pop("Condition") == "UseArmCompile"
+    assert arm["Properties"].pop("Architectures") == ["arm64"]
+    assert main["Properties"].pop("Architectures") == ["x86_64"]
+    event = arm["Properties"]["Events"]["CompileRequested"]["Properties"]
+    assert event.pop("Queue") == {"GetAtt": "CompileArmQueue.Arn"}
+    del main["Properties"]["Events"]["CompileRequested"]["Properties"]["Queue"]
+    assert arm["Metadata"].pop("DockerTag") != main["Metadata"].pop("DockerTag")
+    del arm["Properties"]["Description"], main["Properties"]["Description"]
+    assert arm == main
+
+
+def test_ingest_knows_the_arm_queue_only_when_it_exists(template):
+    ingest = template["Resources"]["IngestFunction"]["Properties"]
+    assert ingest["Environment"]["Variables"]["EDGEFORGE_ARM_COMPILE_QUEUE_URL"] == {
+        "If": ["UseArmCompile", {"Ref": "CompileArmQueue"}, ""]}
+    assert {"If": ["UseArmCompile",
+                   {"SQSSendMessagePolicy": {"QueueName": {"GetAtt": "CompileArmQueue.QueueName"}}},
+                   {"Ref": "AWS::NoValue"}]} in ingest["Policies"]
 
 
 def test_sample_events_parse():
