@@ -145,9 +145,9 @@ def test_arm_queue_is_the_compile_queue_with_another_name(template):
 
 
 def test_arm_compile_function_is_the_compile_function_on_arm64(template):
-    """Everything but the architecture, the queue, the image tag and the description is
-    CompileFunction's: same image definition, handler (the Dockerfile's CMD), environment,
-    policies, memory, timeout and event source settings."""
+    """Everything but the architecture, the queue, the image tag, the placeholder ImageUri and
+    the description is CompileFunction's: same image definition, handler (the Dockerfile's CMD),
+    environment, policies, memory, timeout and event source settings."""
     res = template["Resources"]
     main, arm = copy.deepcopy(res["CompileFunction"]), copy.deepcopy(res["CompileArmFunction"])
     assert arm.pop("Condition") == "UseArmCompile"
@@ -157,6 +157,9 @@ def test_arm_compile_function_is_the_compile_function_on_arm64(template):
     assert event.pop("Queue") == {"GetAtt": "CompileArmQueue.Arn"}
     del main["Properties"]["Events"]["CompileRequested"]["Properties"]["Queue"]
     assert arm["Metadata"].pop("DockerTag") != main["Metadata"].pop("DockerTag")
+    # a placeholder that `sam build` replaces; kept only by `sam build --exclude
+    # CompileArmFunction` (ArmCompile=false), and an intrinsic, so `sam deploy` uploads nothing
+    assert "not-built" in arm["Properties"].pop("ImageUri")["Sub"]
     del arm["Properties"]["Description"], main["Properties"]["Description"]
     assert arm == main
 
