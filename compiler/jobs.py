@@ -39,6 +39,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import platform
 import re
 import tempfile
 import time
@@ -954,6 +955,8 @@ class CompileRunner:
         return {"schema": 1, "model": m.model_name, "version": m.version, "profile": m.profile,
                 "upload_id": m.upload_id, "source": m.source.model_dump(mode="json"),
                 "signed_by": self.signer.keyid if status.status == "ok" else None,
+                # x86_64, or aarch64 on the arm64 compile function (ArmCompile=true)
+                "build_machine": platform.machine(),
                 "result": status.model_dump(mode="json", exclude_none=True),
                 "timings": result.timings}
 

@@ -5,6 +5,7 @@ public key (DER) and runs it, matching onnxruntime."""
 from __future__ import annotations
 
 import hashlib
+import platform
 
 import numpy as np
 import onnxruntime as ort
@@ -107,6 +108,7 @@ def test_upload_to_signed_artifacts_that_run(compiling_stack: Stack, tmp_path):
     assert report["profiles"]["x86_64"]["verified"] is True
     job_report = stack.get_json(ARTIFACTS_BUCKET, "artifacts/tiny/1/x86_64.report.json")
     assert job_report["signed_by"] == hashlib.sha256(der).hexdigest()
+    assert job_report["build_machine"] == platform.machine()  # aarch64 on the arm64 function
     notes = stack.notifications()
     assert sorted((n["event"], n["profile"]) for n in notes) == [
         ("compile.succeeded", "aarch64"), ("compile.succeeded", "x86_64")]
