@@ -193,11 +193,12 @@ def _task_args(mod, dev):
     return args
 
 
-# instruction-set features (LLVM names) that decide whether code runs; tuning hints such as ermsb
-# or fast-* are ignored
-_ISA_PREFIXES = ("sse", "ssse3", "avx", "fma", "f16c", "bmi", "amx", "popcnt", "lzcnt", "movbe", "aes",
-                 "pclmul", "sha", "vaes", "vpclmulqdq", "gfni", "adx", "neon", "sve", "dotprod", "i8mm",
-                 "bf16", "fp16", "fullfp16", "fp-armv8", "crypto")
+# instruction-set features (LLVM names) that decide whether the generated kernels run; tuning hints
+# such as ermsb or fast-* are ignored, and so are the crypto extensions (aes, sha, pclmul, gfni,
+# crypto): tensor kernels never use them, and LLVM's CPU models disagree on them (its neoverse-v2,
+# Graviton4, lacks aes/sha2 that cortex-a72 has, which would leave rpi4 builds untimed there)
+_ISA_PREFIXES = ("sse", "ssse3", "avx", "fma", "f16c", "bmi", "amx", "popcnt", "lzcnt", "movbe", "adx",
+                 "neon", "sve", "dotprod", "i8mm", "bf16", "fp16", "fullfp16", "fp-armv8")
 
 
 def _isa_features(target) -> set[str]:

@@ -1,8 +1,12 @@
 """Turn a built library into a signed artifact (format v1, defined by ``edgeforge_runtime``).
 
-Reproducibility: for the same model, profile and options, every file digest in the manifest is
-the same from build to build; the manifest's ``compile.timings`` section (wall times) is the one
-deliberate non-reproducible field, and the ECDSA signature is randomised by design.
+Reproducibility: for the same model, profile, options and schedules, every file digest in the
+manifest is the same from build to build. The schedules are what ``compile.tuning.records`` lists:
+records of the tuning database (reapplied as they are), timed samples (the timing on the build
+machine decides, so a build on an empty database may pick others; they are stored in the database,
+so the next build reapplies them) and untimed seeded samples (deterministic: cross targets). The
+manifest's ``compile.timings`` (wall times) and the measured ``cost_us`` of new records are the
+non-reproducible fields, and the ECDSA signature is randomised by design.
 """
 
 from __future__ import annotations

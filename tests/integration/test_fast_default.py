@@ -36,16 +36,20 @@ def test_kws_scheduled_build_matches_onnxruntime(tmp_path, worker, signer, publi
 
 def test_manifest_records_the_applied_schedules(tmp_path, worker, signer):
     """Reproducibility: the manifest names every scheduled function's workload, where its schedule
-    came from and its digest; a rebuild with the same tuning database gives the same set."""
+    came from and its digest; a rebuild with the tuning database the first build filled applies
+    the same schedules and gives the same library, byte for byte."""
     from edgeforge_runtime import read_manifest
 
     data = build_model("kws_dscnn").SerializeToString()
+    # A budget that lets the first build time every task (a task left untimed when the budget
+    # runs out is searched by the next build instead: that one may then improve on it).
     spec = CompileSpec(model_name="kws", profiles=["x86_64"],
-                       options={"tuning_db": str(tmp_path / "db")})
+                       options={"tuning_db": str(tmp_path / "db"), "schedule_budget_s": 300})
     first, second = (compile_model(data, spec, signer, tmp_path / d, worker=worker).results[0]
                      for d in ("a", "b"))
     assert first.status == second.status == "ok", (first.error, second.error)
-    tunings = [read_manifest(r.artifact)[0].compile["tuning"] for r in (first, second)]
+    manifests = [read_manifest(r.artifact)[0] for r in (first, second)]
+    tunings = [m.compile["tuning"] for m in manifests]
     for tuning in tunings:
         records = tuning["records"]
         assert records and all(len(r["workload"]) == 16 and len(r["schedule"]) == 16
@@ -62,3 +66,24 @@ def test_manifest_records_the_applied_schedules(tmp_path, worker, signer):
         assert b[wl]["source"] == ("database" if rec["source"] == "timed" else "sampled")
         assert b[wl]["schedule"] == rec["schedule"]
     assert tunings[0]["records_digest"] == tunings[1]["records_digest"]
+    # Same schedules, same code: the library's digest does not change.
+    assert manifests[0].files == manifests[1].files
+
+
+def test_arm_profiles_are_timed_on_every_graviton_generation():
+    """The ARM compile function (template.yaml, ArmCompile) times the AArch64 CPU profiles'
+    schedules natively: each profile's kernel ISA must be a subset of every Graviton's."""
+    import tvm
+
+    from compiler.optimize import _isa_features
+    from compiler.profiles import load_profiles
+
+    registry = load_profiles()
+    arm = [p for p in registry if p.arch == "aarch64" and p.device == "cpu"]
+    assert {p.name for p in arm} >= {"rpi4", "rpi5", "graviton"}
+    for host in ("neoverse-n1", "neoverse-v1", "neoverse-v2"):  # Graviton2, 3, 4
+        have = _isa_features(tvm.target.Target(
+            {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": host}))
+        for p in arm:
+            need = _isa_features(tvm.target.Target(p.target))
+            assert need <= have, (p.name, host, need - have)
