@@ -492,11 +492,11 @@ def converters(base: type) -> dict[str, type]:
         def _impl_v19(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
             x, w, offset = inputs[0], inputs[1], inputs[2]
             bias, mask = opt(inputs, 3), opt(inputs, 4)
+            if len(shape_of(bb, x)) != 4:
+                raise ConverterError("DeformConv: only 2-D convolution is supported")
             n, c, h, wd = shape_of(bb, x)
             oc, cpg, kh, kw = shape_of(bb, w)
             _, _, oh, ow = shape_of(bb, offset)
-            if len(shape_of(bb, x)) != 4:
-                raise ConverterError("DeformConv: only 2-D convolution is supported")
             dtype = dtype_of(bb, x)
             group = int(attr.get("group", 1))
             og = int(attr.get("offset_group", 1))
