@@ -29,7 +29,7 @@ WRAPPED_OPS = frozenset({"Attention", "LayerNormalization", "Resize", "Upsample"
                          "Compress", "IsInf", "BitShift", "Mod", "RMSNormalization",
                          "BatchNormalization", "ReduceMax", "ReduceMin", "Softmax", "MatMul",
                          "Elu", "NonMaxSuppression", "EyeLike", "SpaceToDepth",
-                         "ConvTranspose", "MaxPool"})
+                         "ConvTranspose", "MaxPool", "Unsqueeze"})
 
 _installed: dict[str, bool] = {}
 
@@ -1091,7 +1091,24 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
 
             return convert
 
+    class Unsqueeze(base):  # type: ignore[misc, valid-type]
+        """A scalar axes tensor (onnxruntime accepts it) is one axis."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            inner = tvm_table["Unsqueeze"].get_converter(opset)
+
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                if opset >= 13 and len(inputs) > 1 and inputs[1] is not None:
+                    axes = const_value(inputs[1], params)
+                    if axes is not None and axes.ndim == 0:
+                        inputs = [inputs[0], relax.const(axes.reshape(1), str(axes.dtype))]
+                return inner(bb, inputs, attr, params)
+
+            return convert
+
     return {"Softmax": Softmax, "MatMul": MatMul, "Elu": Elu, "EyeLike": EyeLike,
+            "Unsqueeze": Unsqueeze,
             "MaxPool": MaxPool,
             "ConvTranspose": ConvTranspose,
             "SpaceToDepth": SpaceToDepth,

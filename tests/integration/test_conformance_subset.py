@@ -33,6 +33,7 @@ CASES = [
     "test_l2normalization_axis_0",       # all-zero slice
     "test_convtranspose_output_shape",
     "test_maxpool_with_argmax_2d_precomputed_pads",  # Indices output
+    "test_affine_grid_2d_expanded",      # scalar Unsqueeze axes
     "test_layer_normalization_4d_axis1", # Mean/InvStdDev outputs
     "test_softmax_axis_1",
     "test_matmul_2d",
