@@ -29,7 +29,8 @@ WRAPPED_OPS = frozenset({"Attention", "LayerNormalization", "Resize", "Upsample"
                          "Compress", "IsInf", "BitShift", "Mod", "RMSNormalization",
                          "BatchNormalization", "ReduceMax", "ReduceMin", "Softmax", "MatMul",
                          "Elu", "NonMaxSuppression", "EyeLike", "SpaceToDepth",
-                         "ConvTranspose", "MaxPool", "Unsqueeze"})
+                         "ConvTranspose", "MaxPool", "Unsqueeze", "OptionalHasElement",
+                         "MaxUnpool", "QuantizeLinear", "DequantizeLinear"})
 
 _installed: dict[str, bool] = {}
 
@@ -1107,7 +1108,116 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
 
             return convert
 
+    class OptionalHasElement(base):  # type: ignore[misc, valid-type]
+        """No input at all is an empty optional."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            inner = tvm_table["OptionalHasElement"].get_converter(opset)
+
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                if not inputs or all(i is None for i in inputs):
+                    return relax.const(False, "bool")
+                return inner(bb, inputs, attr, params)
+
+            return convert
+
+    class MaxUnpool(base):  # type: ignore[misc, valid-type]
+        """A constant output_shape input (TVM's converter expects a numpy array)."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            inner = tvm_table["MaxUnpool"].get_converter(opset)
+
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                if len(inputs) > 2 and inputs[2] is not None:
+                    shape = const_value(inputs[2], params)
+                    if shape is None:
+                        raise ConverterError("MaxUnpool: output_shape must be a constant")
+                    inputs = [*inputs[:2], shape.astype("int64")]
+                return inner(bb, inputs, attr, params)
+
+            return convert
+
+    def blocked(bb: Any, t: Any, axis: int, block: int, n: int) -> Any:
+        """Repeat a blocked scale/zero point along ``axis`` to ``n`` elements."""
+        t = bb.normalize(R.repeat(t, block, axis=axis))
+        return R.strided_slice(t, [axis], [0], [n])
+
+    def quant_axis(bb: Any, x: Any, attr: dict[str, Any]) -> tuple[int, int]:
+        nd = len(shape_of(bb, x))
+        axis = int(attr.get("axis", 1))
+        return (axis + nd if axis < 0 else axis), int(attr.get("block_size", 0))
+
+    class QuantizeLinear(base):  # type: ignore[misc, valid-type]
+        """Blocked quantization (block_size > 0): scale/zero point repeated over blocks,
+        round half to even, saturate."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            inner = tvm_table["QuantizeLinear"].get_converter(opset)
+
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                import numpy as np
+                from onnx import helper
+
+                if not int(attr.get("block_size", 0)):
+                    return inner(bb, inputs, attr, params)
+                x, scale = inputs[0], inputs[1]
+                zp = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None
+                axis, block = quant_axis(bb, x, attr)
+                n = shape_of(bb, x)[axis]
+                out = (str(helper.tensor_dtype_to_np_dtype(int(attr["output_dtype"])))
+                       if attr.get("output_dtype") else
+                       dtype_of(bb, zp) if zp is not None else "uint8")
+                if out not in ("int8", "uint8", "int16", "uint16", "int32", "uint32"):
+                    raise ConverterError(f"QuantizeLinear: blocked {out} is not supported")
+                fd = dtype_of(bb, x) if dtype_of(bb, x) == "float64" else "float32"
+                xf = x if dtype_of(bb, x) == fd else R.astype(x, fd)
+                sc = blocked(bb, R.astype(scale, fd), axis, block, n)
+                v = bb.normalize(R.divide(xf, sc))
+                f = bb.normalize(R.floor(v))
+                d = R.subtract(v, f)
+                half = relax.const(0.5, fd)
+                parity = R.floor_mod(f, relax.const(2.0, fd))  # round half to even
+                r = R.where(R.greater(d, half), R.add(f, relax.const(1.0, fd)),
+                            R.where(R.less(d, half), f, R.add(f, parity)))
+                if zp is not None:
+                    r = R.add(r, blocked(bb, R.astype(zp, fd), axis, block, n))
+                info = np.iinfo(out)
+                return R.astype(R.clip(r, float(info.min), float(info.max)), out)
+
+            return convert
+
+    class DequantizeLinear(base):  # type: ignore[misc, valid-type]
+        """Blocked dequantization (block_size > 0)."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            inner = tvm_table["DequantizeLinear"].get_converter(opset)
+
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                from onnx import helper
+
+                if not int(attr.get("block_size", 0)):
+                    return inner(bb, inputs, attr, params)
+                x, scale = inputs[0], inputs[1]
+                zp = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None
+                axis, block = quant_axis(bb, x, attr)
+                n = shape_of(bb, x)[axis]
+                out = (str(helper.tensor_dtype_to_np_dtype(int(attr["output_dtype"])))
+                       if attr.get("output_dtype") else dtype_of(bb, scale))
+                xf = R.astype(x, "float32")
+                if zp is not None:
+                    xf = R.subtract(xf, blocked(bb, R.astype(zp, "float32"), axis, block, n))
+                y = R.multiply(xf, blocked(bb, R.astype(scale, "float32"), axis, block, n))
+                return y if out == "float32" else R.astype(y, out)
+
+            return convert
+
     return {"Softmax": Softmax, "MatMul": MatMul, "Elu": Elu, "EyeLike": EyeLike,
+            "OptionalHasElement": OptionalHasElement, "MaxUnpool": MaxUnpool,
+            "QuantizeLinear": QuantizeLinear, "DequantizeLinear": DequantizeLinear,
             "Unsqueeze": Unsqueeze,
             "MaxPool": MaxPool,
             "ConvTranspose": ConvTranspose,
