@@ -8,9 +8,12 @@ converter classes against TVM's ``OnnxOpConverter`` base and is called by
 Everything here needs static shapes. Parameters that decide shapes (window sizes, DFT lengths,
 crop shapes, Col2Im's image and block shapes, STFT's frame step) must be constants (initializers,
 ``Constant`` nodes or the compile spec's ``constant_inputs``); a node whose parameter is a
-runtime input is refused with an error naming it. Recurrences (Scan, LinearAttention) are
-unrolled over their static length. Signal transforms (DFT, STFT) are matmuls with constant
-cosine/sine matrices, which suits the short frames of audio front-ends.
+runtime input is refused with an error naming it. Recurrences (Scan, Loop with a constant trip
+count, LinearAttention, DynamicQuantizeLSTM) are unrolled over their static length; subgraphs
+(Scan/Loop bodies, FlexAttention's score_mod/prob_mod) are folded with the ONNX pre-pass and
+converted inline. Signal transforms (DFT, STFT) are matmuls with constant cosine/sine
+matrices, which suits the short frames of audio front-ends. Quantized operators (ConvInteger,
+QLinearConv, QLinearMatMul, DynamicQuantizeLSTM) compute in int32 and round half to even.
 """
 
 from __future__ import annotations
