@@ -124,13 +124,14 @@ def set_num_threads(num_threads: int) -> None:
 def _aligned(x: Any) -> Any:
     """TVM kernels assume 64-byte aligned, C-contiguous buffers (they use aligned vector loads);
     numpy gives no such guarantee (arrays from .npz files are often 16-byte aligned). Copy into
-    an aligned buffer when needed."""
+    an aligned buffer when needed; also copy read-only arrays (DLPack refuses to export them:
+    "Cannot export readonly array")."""
     ctypes_info = getattr(x, "ctypes", None)
     if ctypes_info is None:
         return x
     import numpy as np
 
-    if x.flags["C_CONTIGUOUS"] and ctypes_info.data % _ALIGNMENT == 0:
+    if x.flags["C_CONTIGUOUS"] and x.flags["WRITEABLE"] and ctypes_info.data % _ALIGNMENT == 0:
         return x
     raw = np.empty(x.nbytes + _ALIGNMENT, dtype=np.uint8)
     offset = (-raw.ctypes.data) % _ALIGNMENT

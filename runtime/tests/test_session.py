@@ -77,6 +77,9 @@ def test_non_contiguous_and_misaligned_inputs(sess, artifacts) -> None:
     misaligned[...] = x
     assert misaligned.ctypes.data % 16 != 0
     _close(sess.run(None, {"input": misaligned})[0], artifacts.expected[0])
+    readonly = x.copy()
+    readonly.flags.writeable = False  # e.g. np.frombuffer over bytes, or onnx's test data
+    _close(sess.run(None, {"input": readonly})[0], artifacts.expected[0])
 
 
 @pytest.mark.parametrize(("feed", "match"), [
