@@ -234,10 +234,10 @@ def _serve(conn: Connection, raw: bool) -> None:  # pragma: no cover - child pro
                 ours, detail = _ours(case, io, tmp)
                 has_params = any(v.dtype.kind in "iu" for v in io[0].values()) or bool(
                     _parameter_inputs(case.model) & set(io[0]))
-                if ours in ("import_error", "compile_error") and has_params:
+                if ours in ("import_error", "compile_error", "unsupported") and has_params:
                     frozen, fdetail = _ours(case, io, tmp, freeze=True)
                     if frozen == "pass":
-                        ours, detail = "pass", "integer inputs frozen as constants"
+                        ours, detail = "pass", "parameter inputs frozen as constants"
                     elif frozen not in ("import_error", "compile_error", "unsupported",
                                         "invalid"):
                         ours, detail = frozen, f"(frozen) {fdetail}"

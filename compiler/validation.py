@@ -213,6 +213,55 @@ def check_operators(model: onnx.ModelProto) -> None:
         )
 
 
+#: (operator, input index, minimum opset or 0) whose value the converters need at compile time
+#: (it decides an output shape or is read as an attribute): a *runtime* graph input there can
+#: never be converted. Values computed from shapes are folded by the pre-passes, so only direct
+#: graph inputs are named.
+_CONSTANT_SLOTS: dict[str, tuple[tuple[int, int], ...]] = {
+    "Resize": ((1, 0), (2, 11), (3, 11)),  # opset 10: scales at 1; 11+: roi may be dynamic
+    "Upsample": ((1, 9),),
+    "OneHot": ((1, 0),),
+    "NonMaxSuppression": ((2, 0), (3, 0), (4, 0)),
+    "MaxUnpool": ((2, 0),),
+    "TopK": ((1, 10),),
+    "ReduceMax": ((1, 18),), "ReduceMin": ((1, 18),), "ReduceMean": ((1, 18),),
+    "ReduceProd": ((1, 18),), "ReduceSum": ((1, 13),), "ReduceSumSquare": ((1, 18),),
+    "ReduceL1": ((1, 18),), "ReduceL2": ((1, 18),), "ReduceLogSum": ((1, 18),),
+    "ReduceLogSumExp": ((1, 18),),
+}
+#: Operators whose output shape depends on the input *values*: as a graph output computed
+#: from a runtime input, it cannot have the static shape an artifact needs.
+_DATA_DEPENDENT = {"NonZero": 0, "Unique": 0, "Compress": 1}  # the input deciding the shape
+
+
+def check_runtime_parameters(model: onnx.ModelProto, opset: int) -> None:
+    """Raise one error naming every node that reads a runtime graph input where a compile-time
+    constant is needed, or whose data-dependent output shape reaches a graph output."""
+    runtime = {vi.name for vi in model.graph.input} - {t.name for t in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    bad: list[tuple[str, str, str]] = []
+    for i, node in enumerate(model.graph.node):
+        if (node.domain or "ai.onnx") != "ai.onnx":
+            continue
+        label = node.name or f"{node.op_type}_{i}"
+        op = f"ai.onnx::{node.op_type}"
+        for slot, since in _CONSTANT_SLOTS.get(node.op_type, ()):
+            if node.op_type == "Resize" and slot == 1 and opset >= 11:
+                continue
+            if opset >= since and slot < len(node.input) and node.input[slot] in runtime:
+                bad.append((op, label, f"input {node.input[slot]!r} must be a constant (give it "
+                            "in the compile spec's constant_inputs)"))
+        decides = _DATA_DEPENDENT.get(node.op_type)
+        if (decides is not None and any(o in outputs for o in node.output)
+                and decides < len(node.input) and node.input[decides] in runtime):
+            bad.append((op, label, "its output shape depends on the input values and it is a "
+                        "graph output (artifacts need static output shapes)"))
+    if bad:
+        lines = [f"  {op} ({label}): {reason}" for op, label, reason in bad]
+        raise UnsupportedOperatorError(
+            f"{len(bad)} node(s) cannot be compiled with these inputs:\n" + "\n".join(lines), bad)
+
+
 def _fix_inputs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> None:
     initializers = {t.name for t in model.graph.initializer}
     graph_inputs = [vi for vi in model.graph.input if vi.name not in initializers]
@@ -315,6 +364,7 @@ def validate_model(
     if constant_inputs:
         _freeze_inputs(model, constant_inputs)
     _fix_inputs(model, dict(input_shapes or {}))
+    check_runtime_parameters(model, opset)
     try:
         inferred = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as e:

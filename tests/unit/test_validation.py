@@ -122,3 +122,29 @@ def test_parse_input_shape(text, expected):
 def test_parse_input_shape_rejects(text):
     with pytest.raises(SpecError):
         parse_input_shape(text)
+
+
+def _resize_model() -> bytes:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+    scales = helper.make_tensor_value_info("scales", TensorProto.FLOAT, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8, 8])
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], name="up", mode="nearest")
+    graph = helper.make_graph([node], "g", [x, scales], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]).SerializeToString()
+
+
+def test_runtime_parameter_inputs_are_named():
+    with pytest.raises(UnsupportedOperatorError) as e:
+        validate_model(_resize_model())
+    assert "ai.onnx::Resize (up): input 'scales' must be a constant" in str(e.value)
+    v = validate_model(_resize_model(), constant_inputs={"scales": [1.0, 1.0, 2.0, 2.0]})
+    assert [t.name for t in v.inputs] == ["x"]
+
+
+def test_data_dependent_graph_outputs_are_named():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.INT64, [1, "n"])
+    graph = helper.make_graph([helper.make_node("NonZero", ["x"], ["y"], name="nz")], "g", [x], [y])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+    with pytest.raises(UnsupportedOperatorError, match=r"NonZero \(nz\): its output shape depends"):
+        validate_model(data)
