@@ -10,6 +10,12 @@ refused it), import_error (TVM's ONNX frontend), compile_error, runtime_error, m
 timeout, crash, skipped (inputs that are not tensors). "ours" is the real pipeline
 (validation with the test's input shapes, pre-passes, our converters, the fast CPU build, the
 runtime's VM); "raw" is what a user gets from ``from_onnx`` + ``tvm.compile`` alone.
+
+When the strict run fails (import/compile error, or the pre-flight names a runtime input that
+must be a constant), the case is retried with its parameter inputs frozen through the compile
+spec's ``constant_inputs``: small integer inputs, and float/bool inputs read only at
+:data:`PARAMETER_SLOTS` (Resize scales, Pad's value, NMS thresholds, ...). ``detail`` then
+carries both attempts' errors.
 """
 
 from __future__ import annotations
