@@ -25,7 +25,7 @@ EXTRA_OPS = frozenset({"LSTM", "GRU", "RNN", "Celu", "Swish", "CumProd", "LpNorm
 #: sliding windows, nonpad_kv_seqlen, softcap, softmax_precision),
 #: LayerNormalization (the Mean and InvStdDev outputs), Resize/Upsample (axes, antialias,
 #: keep_aspect_ratio_policy, half_pixel_symmetric, scales that do not divide the size).
-WRAPPED_OPS = frozenset({"Attention", "LayerNormalization", "Resize", "Upsample", "OneHot", "Pow",
+WRAPPED_OPS = frozenset({"Clip", "Attention", "LayerNormalization", "Resize", "Upsample", "OneHot", "Pow",
                          "Compress", "IsInf", "BitShift", "Mod", "RMSNormalization",
                          "BatchNormalization", "ReduceMax", "ReduceMin", "Softmax", "MatMul",
                          "Elu", "NonMaxSuppression", "EyeLike", "SpaceToDepth",
@@ -432,6 +432,41 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
 
     def dtype_of(bb: Any, x: Any) -> str:
         return str(bb.normalize(x).ty.dtype)
+
+    class Clip(base):  # type: ignore[misc, valid-type]
+        """Constant bounds become relax ``maximum``/``minimum`` with scalar constants instead of
+        TVM's ``emit_te(topi.maximum)``: relax ops fuse into the producing convolution and follow
+        it through ``ConvertLayout`` to NHWC, where TE calls are opaque to both (MobileNetV2's
+        ReLU6 cost a transpose pair per block). Exported bounds are often shape [1]: a 1-element
+        bound is the scalar it holds. A NaN bound means unbounded (ONNX). Run-time bounds go to
+        TVM's converter."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            inner = tvm_table["Clip"].get_converter(opset)
+
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                x = inputs[0]
+                if opset < 11:
+                    bounds = [attr.get("min"), attr.get("max")]
+                else:
+                    bounds = [inputs[i] if len(inputs) > i else None for i in (1, 2)]
+                values = []
+                for b in bounds:
+                    if b is None or isinstance(b, (int, float)):
+                        values.append(b)
+                    elif isinstance(b, GenericConst) and b.value.numpy().size == 1:
+                        values.append(b.value.numpy().reshape(()).item())
+                    else:
+                        return inner(bb, inputs, attr, params)
+                dtype = dtype_of(bb, x)
+                out = x
+                for v, op in zip(values, (R.maximum, R.minimum)):
+                    if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                        out = bb.emit(op(out, relax.const(v, dtype)))
+                return out
+
+            return convert
 
     class Attention(base):  # type: ignore[misc, valid-type]
         """ai.onnx Attention (opset 23/24); com.microsoft Attention (num_heads) goes to TVM."""
@@ -1215,7 +1250,7 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
 
             return convert
 
-    return {"Softmax": Softmax, "MatMul": MatMul, "Elu": Elu, "EyeLike": EyeLike,
+    return {"Clip": Clip, "Softmax": Softmax, "MatMul": MatMul, "Elu": Elu, "EyeLike": EyeLike,
             "OptionalHasElement": OptionalHasElement, "MaxUnpool": MaxUnpool,
             "QuantizeLinear": QuantizeLinear, "DequantizeLinear": DequantizeLinear,
             "Unsqueeze": Unsqueeze,

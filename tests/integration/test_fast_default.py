@@ -70,6 +70,41 @@ def test_manifest_records_the_applied_schedules(tmp_path, worker, signer):
     assert manifests[0].files == manifests[1].files
 
 
+def test_relu6_fuses_into_nhwc_convolutions():
+    """Clip with constant bounds (ReLU6, MobileNet's activation) converts to relax maximum/minimum,
+    which fuse into the convolution and follow it into NHWC; TVM's own converter emits opaque TE
+    calls that cost a transpose pair around every activation."""
+    import onnx
+    import tvm
+    from onnx import TensorProto, helper, numpy_helper
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from compiler.converters import install
+    from compiler.optimize import DEFAULT_OPTIONS, _preprocess
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 4, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((8, 8, 3, 3)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.array([0.0], np.float32), "lo"),   # shape [1], as exported
+             numpy_helper.from_array(np.array([6.0], np.float32), "hi")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["c1", "lo", "hi"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["y"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "relu6", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 4, 16, 16])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, [1, 8, 16, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    install()
+    mod = _preprocess(from_onnx(model, keep_params_in_input=False),
+                      tvm.target.Target({"kind": "llvm"}), dict(DEFAULT_OPTIONS))
+    names = [gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    fused = [n for n in names if "conv2d" in n and "maximum" in n and "minimum" in n]
+    assert fused, names
+    # Only the graph's own NCHW boundary is transposed: input and output.
+    assert sum("transpose" in n for n in names) <= 2, names
+
+
 def test_arm_profiles_are_timed_on_every_graviton_generation():
     """The ARM compile function (template.yaml, ArmCompile) times the AArch64 CPU profiles'
     schedules natively: each profile's kernel ISA must be a subset of every Graviton's."""
