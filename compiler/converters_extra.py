@@ -21,20 +21,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["DOMAINS", "OPS", "WITHHELD", "converters"]
+__all__ = ["DOMAINS", "OPS", "converters"]
 
 OPS: frozenset[str] = frozenset({
     "BitCast", "BlackmanWindow", "CausalConvWithState", "CenterCropPad", "Col2Im", "ConvInteger",
-    "DFT", "DeformConv", "DynamicQuantizeLSTM", "FlexAttention", "HammingWindow", "HannWindow",
+    "DFT", "DeformConv", "Det", "DynamicQuantizeLSTM", "FlexAttention", "HammingWindow", "HannWindow",
     "LinearAttention", "Loop", "MelWeightMatrix", "QLinearConv", "QLinearMatMul",
     "ReverseSequence", "STFT", "Scan", "SwiGLU", "TensorScatter", "TfIdfVectorizer",
 })
 #: Operators of OPS that live in another ONNX domain than ai.onnx (the pre-flight must accept
 #: ``domain::op`` for these).
 DOMAINS: dict[str, str] = {"FlexAttention": "ai.onnx.preview"}
-#: Converters written but not registered yet: compiler/samples.py's unsupported-operator example
-#: (and the unit tests on it) still use Det as an operator the compiler refuses.
-WITHHELD: frozenset[str] = frozenset({"Det"})
 
 # ONNX TensorProto data types → TVM dtype names (those the runtime can hand over).
 _DTYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64",
@@ -1103,7 +1100,7 @@ def converters(base: type) -> dict[str, type]:
     table = {
         "BitCast": BitCast, "BlackmanWindow": BlackmanWindow,
         "CausalConvWithState": CausalConvWithState, "CenterCropPad": CenterCropPad,
-        "Col2Im": Col2Im, "ConvInteger": ConvInteger, "DFT": DFT, "DeformConv": DeformConv,
+        "Col2Im": Col2Im, "ConvInteger": ConvInteger, "DFT": DFT, "DeformConv": DeformConv, "Det": Det,
         "DynamicQuantizeLSTM": DynamicQuantizeLSTM, "FlexAttention": FlexAttention,
         "HammingWindow": HammingWindow, "HannWindow": HannWindow,
         "LinearAttention": LinearAttention, "Loop": Loop, "MelWeightMatrix": MelWeightMatrix,
@@ -1111,6 +1108,5 @@ def converters(base: type) -> dict[str, type]:
         "ReverseSequence": ReverseSequence, "STFT": STFT, "Scan": Scan, "SwiGLU": SwiGLU,
         "TensorScatter": TensorScatter, "TfIdfVectorizer": TfIdfVectorizer,
     }
-    withheld = {"Det": Det}
-    assert set(table) == OPS and set(withheld) == WITHHELD
+    assert set(table) == OPS
     return table

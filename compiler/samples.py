@@ -75,15 +75,15 @@ def two_output_mlp() -> bytes:
 
 
 def unsupported_ops_model() -> bytes:
-    """Valid ONNX using operators the compiler cannot convert (Bernoulli, Det ×2)."""
+    """Valid ONNX using operators the compiler cannot convert (Bernoulli, RandomUniformLike ×2)."""
     graph = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["r"], name="ok_relu"),
          helper.make_node("Bernoulli", ["r"], ["c"], name="bernoulli_a", seed=0.0),
-         helper.make_node("Det", ["c"], ["d1"], name="det_1"),
-         helper.make_node("Det", ["x"], ["d2"], name="det_2"),
+         helper.make_node("RandomUniformLike", ["c"], ["d1"], name="rand_1"),
+         helper.make_node("RandomUniformLike", ["x"], ["d2"], name="rand_2"),
          helper.make_node("Add", ["d1", "d2"], ["y"], name="ok_add")],
         "unsupported",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 3])],
     )
     return _model(graph)

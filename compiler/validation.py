@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper, shape_inference
 
 from .converters import EXTRA_OPS
+from .converters_extra import DOMAINS as EXTRA_DOMAINS
 from .exceptions import (
     CorruptModelError,
     DynamicShapeError,
@@ -195,7 +196,8 @@ def check_operators(model: onnx.ModelProto) -> None:
     bad: list[tuple[str, str, str]] = []
     for node, label in _walk_nodes(model.graph):
         domain = node.domain or "ai.onnx"
-        if domain not in ("ai.onnx", "com.microsoft") or node.op_type not in supported:
+        known = domain in ("ai.onnx", "com.microsoft") or EXTRA_DOMAINS.get(node.op_type) == domain
+        if not known or node.op_type not in supported:
             bad.append((f"{domain}::{node.op_type}", label, "no converter in TVM's ONNX frontend"))
     if bad:
         by_op: dict[str, list[str]] = {}

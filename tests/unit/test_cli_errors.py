@@ -44,7 +44,7 @@ def test_unsupported_ops_json(tmp_path, capsys):
     assert code == 2
     report = json.loads(out)
     assert report["error"] == "unsupported_operator"
-    assert "det_1, det_2" in report["message"] and "bernoulli_a" in report["message"]
+    assert "rand_1, rand_2" in report["message"] and "bernoulli_a" in report["message"]
 
 
 def test_dynamic_input(tmp_path, capsys):
