@@ -52,6 +52,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "min_gain": 0.005,        # stop when the last 8 rounds gained less than this share of time
     "measure": "auto",        # time candidates: auto = when the target runs on this host
     "budget_s": 240.0,        # seconds of sampling + timing per build (then 1 sample per task)
+    "build_timeout_s": 30.0,  # LLVM time allowed per 4 candidates built (one alone: half)
     "layout": "auto",         # "auto" (NHWC when the model has a 2-D convolution) | "NHWC" | None
     "prepack": True,          # schedules may rewrite weight layouts; folded at compile time
     "fast_math": True,        # float32 erf/tanh/softmax with vectorisable polynomials (<= 6e-7)
@@ -326,13 +327,58 @@ class _TaskSampler:
         return out
 
 
-def _time_candidates(cands, target, name):
-    """Build all candidates of one task into one LLVM module and time each; seconds per candidate.
+def _build_isolated(mod, target, timeout_s: float, out_path: str | None = None) -> bool:
+    """Build ``mod`` for ``target`` in a forked child (and export it to ``out_path``); False when
+    that fails or takes longer than ``timeout_s``.
+
+    LLVM's time on a sampled schedule is unbounded: a 196,608-element max reduction of a real
+    quantized model (ddddocr) with one sampled unroll setting did not finish in 5 minutes, where
+    its siblings build in 0.03 s. A hung build must cost a candidate, not the compile.
+    """
+    import signal
+
+    import tvm
+
+    if not hasattr(os, "fork"):  # pragma: no cover - Linux builds only
+        lib = tvm.tirx.build(mod, target)
+        if out_path:
+            lib.export_library(out_path)
+        return True
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            lib = tvm.tirx.build(mod, target)
+            if out_path:
+                lib.export_library(out_path)
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + timeout_s
+    delay = 0.002
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status) == 0
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _time_candidates(cands, target, name, build_timeout_s: float = 30.0):
+    """Build all candidates of one task into one LLVM module and time each; seconds per candidate
+    (inf for one that does not build in time: ``build_timeout_s`` per 4 candidates in the batch,
+    half of it alone; or that fails to run).
 
     A candidate that rewrites a weight's layout (prepack) is timed without its rewrite block and
     with the weight already in its layout, as it runs once the rewrite is folded: its arguments'
     shapes are that candidate's own.
     """
+    import tempfile
+
     import tvm
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
@@ -343,11 +389,28 @@ def _time_candidates(cands, target, name):
         gv = next(iter(mod.functions.keys()))
         funcs[f"cand{k}"] = mod[gv].with_attr("global_symbol", f"cand{k}")
         argsets.append(_task_args(sch.mod, dev))
-    lib = tvm.tirx.build(tvm.IRModule(funcs), target)
+    libs: dict[int, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="edgeforge-cand-") as tmp:
+        path = os.path.join(tmp, "all.so")
+        limit = build_timeout_s * max(1.0, len(cands) / 4)
+        if _build_isolated(tvm.IRModule(funcs), target, limit, path):
+            lib = tvm.runtime.load_module(path)
+            libs = dict.fromkeys(range(len(cands)), lib)
+        else:  # one of them hangs LLVM: keep those that build on their own
+            logger.info("task %s: candidates did not build within %.0f s; building them one by one",
+                        name, limit)
+            for k in range(len(cands)):
+                one = os.path.join(tmp, f"cand{k}.so")
+                single = tvm.IRModule({f"cand{k}": funcs[f"cand{k}"]})
+                if _build_isolated(single, target, build_timeout_s / 2, one):
+                    libs[k] = tvm.runtime.load_module(one)
     costs = []
     for k in range(len(cands)):
+        if k not in libs:
+            costs.append(float("inf"))
+            continue
         try:
-            f = lib.time_evaluator(f"cand{k}", dev, number=1, repeat=3, min_repeat_ms=10)
+            f = libs[k].time_evaluator(f"cand{k}", dev, number=1, repeat=3, min_repeat_ms=10)
             costs.append(float(f(*argsets[k]).median))
         except Exception as e:
             logger.debug("task %s candidate %d failed to run: %s", name, k, e)
@@ -426,6 +489,7 @@ def _sample_database(mod, target, opts, measure: bool, persist=None, entries=Non
     k1 = min(kmax, max(1, int(opts.get("first_round", 8))))
     budget_s = float(opts.get("budget_s", 1e9))
     min_gain = float(opts.get("min_gain", 0.0))
+    build_timeout_s = float(opts.get("build_timeout_s", 30.0))
     t_start = time.perf_counter()
     tasks = ms.relax_integration.extract_tasks(mod, target)
     flops = [_task_flops(t) for t in tasks]
@@ -435,27 +499,38 @@ def _sample_database(mod, target, opts, measure: bool, persist=None, entries=Non
     samplers: dict[int, _TaskSampler] = {}
     drawn: dict[int, int] = {}
 
+    def untimed(i: int, cands: list) -> None:
+        """The first sample LLVM builds within the time limit (checked in a child process)."""
+        for sch in cands + samplers[i].draw(2):
+            if _build_isolated(sch.mod, target, build_timeout_s):
+                best[i] = (sch, None)
+                return
+        logger.info("task %s: no sample builds within %.0f s: default lowering kept",
+                    tasks[i].task_name, build_timeout_s)
+
     def search(i: int, n: int) -> None:
         nonlocal n_timed
         cands = samplers[i].draw(n)
         drawn[i] = drawn.get(i, 0) + len(cands)
         if not cands:
             return
-        if i not in best:
-            best[i] = (cands[0], None)
-        if not measure or drawn[i] == 1:
-            return  # nothing to compare a single first sample with
-        try:
-            costs = _time_candidates(cands, target, tasks[i].task_name)
-        except Exception as e:
-            logger.info("task %s: timing candidates failed (%s); sample kept", tasks[i].task_name,
-                        str(e).splitlines()[0] if str(e) else type(e).__name__)
+        if not measure or (len(cands) == 1 and i not in best):
+            if i not in best:
+                untimed(i, cands)  # nothing to compare a single sample with
             return
+        try:
+            costs = _time_candidates(cands, target, tasks[i].task_name, build_timeout_s)
+        except Exception as e:
+            logger.info("task %s: timing candidates failed (%s)", tasks[i].task_name,
+                        str(e).splitlines()[0] if str(e) else type(e).__name__)
+            costs = [float("inf")] * len(cands)
         n_timed += len(cands)
         j = min(range(len(costs)), key=costs.__getitem__)
-        old = best[i][1]
+        old = best.get(i, (None, None))[1]
         if math.isfinite(costs[j]) and (old is None or costs[j] < old):
             best[i] = (cands[j], costs[j])
+        elif i not in best:
+            untimed(i, [])  # none of these built or ran: fresh samples
 
     # round 1, heaviest tasks first so that a time budget is spent where it matters
     for i in sorted(range(len(tasks)), key=lambda i: -flops[i]):

@@ -122,3 +122,28 @@ def test_arm_profiles_are_timed_on_every_graviton_generation():
         for p in arm:
             need = _isa_features(tvm.target.Target(p.target))
             assert need <= have, (p.name, host, need - have)
+
+
+def test_candidate_builds_are_bounded(tmp_path):
+    """A sampled schedule can make LLVM run for minutes (seen on a real quantized model): the
+    search builds candidates in a child process with a time limit and drops those that exceed it."""
+    import tvm
+    from tvm import te
+
+    from compiler.optimize import _build_isolated
+
+    a = te.placeholder((64, 64), "float32", name="a")
+    b = te.compute((64, 64), lambda i, j: a[i, j] * 2.0, name="b")
+    mod = tvm.IRModule({"double": te.create_prim_func([a, b]).with_attr("global_symbol", "double")})
+    target = tvm.target.Target("llvm")
+    out = tmp_path / "ok.so"
+    assert _build_isolated(mod, target, 60.0, str(out)) and out.stat().st_size > 0
+    lib = tvm.runtime.load_module(str(out))
+    x = tvm.runtime.tensor(np.ones((64, 64), np.float32))
+    y = tvm.runtime.tensor(np.zeros((64, 64), np.float32))
+    lib["double"](x, y)
+    assert float(y.numpy().sum()) == 2.0 * 64 * 64
+    # A limit the build cannot meet: the child is killed, nothing is written, no exception.
+    late = tmp_path / "late.so"
+    assert not _build_isolated(mod, target, 0.0, str(late))
+    assert not late.exists()
