@@ -344,28 +344,32 @@ def _build_isolated(mod, target, timeout_s: float, out_path: str | None = None) 
         if out_path:
             lib.export_library(out_path)
         return True
+    import select
+
+    # The child holds the pipe's write end until it exits: the parent wakes at once on EOF.
+    rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         code = 1
         try:
+            os.close(rfd)
             lib = tvm.tirx.build(mod, target)
             if out_path:
                 lib.export_library(out_path)
             code = 0
         finally:
             os._exit(code)
-    deadline = time.monotonic() + timeout_s
-    delay = 0.002
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status) == 0
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return False
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
+    os.close(wfd)
+    try:
+        ready, _, _ = select.select([rfd], [], [], max(0.0, timeout_s))
+    finally:
+        os.close(rfd)
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return False
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
 
 
 def _time_candidates(cands, target, name, build_timeout_s: float = 30.0):
