@@ -588,11 +588,19 @@ def _sample_database(mod, target, opts, measure: bool, persist=None, entries=Non
         if persist is not None and cost is not None:
             try:  # measured: share it with later builds (other models with the same layer too)
                 tfunc = next(iter(task.dispatched[0].functions.values()))
+                record = ms.database.TuningRecord(
+                    sch.trace, ms.database.Workload(task.dispatched[0]), [cost], target,
+                    ms.arg_info.ArgInfo.from_prim_func(tfunc))
+                # Only records that replay: loading a JSONDatabase replays every trace, and one
+                # that does not (seen: a prepacked NHWC conv whose trace replays with an extra
+                # loop) makes the whole database unreadable.
+                ms.database.TuningRecord.from_json(record.as_json(), record.workload)
                 pwl = persist.commit_workload(task.dispatched[0])
                 persist.commit_tuning_record(ms.database.TuningRecord(
                     sch.trace, pwl, [cost], target, ms.arg_info.ArgInfo.from_prim_func(tfunc)))
             except Exception as e:
-                logger.debug("could not persist schedule of %s: %s", task.task_name, e)
+                logger.info("schedule of %s not stored in the database: %s", task.task_name,
+                            str(e).splitlines()[-1][:200] if str(e) else type(e).__name__)
     logger.info("schedules: %d tasks scheduled (%d candidates timed, %d in round 2), %d left to "
                 "default lowering, %.1f s", len(best), n_timed, n_timed - rounds1, n_fail,
                 time.perf_counter() - t_start)
@@ -733,8 +741,15 @@ def build_cpu(
         db_json = None
         if database_dir is not None:
             db_path = pathlib.Path(database_dir) / _target_key(mst)
-            db_json = _json_database(db_path)
-            logger.info("schedule database %s (%d records)", db_path, len(db_json))
+            try:
+                db_json = _json_database(db_path)
+            except Exception as e:  # a database that does not load must not cost the fast build
+                logger.warning("tuning database %s is unreadable (%s); building without it",
+                               db_path, str(e).splitlines()[-1][:200] if str(e) else
+                               type(e).__name__)
+                db_json = None
+            if db_json is not None:
+                logger.info("schedule database %s (%d records)", db_path, len(db_json))
         if tune_trials > 0:
             if not runnable:
                 logger.warning("tune_trials=%d ignored: %s code cannot run on this machine "

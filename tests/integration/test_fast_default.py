@@ -147,3 +147,39 @@ def test_candidate_builds_are_bounded(tmp_path):
     late = tmp_path / "late.so"
     assert not _build_isolated(mod, target, 0.0, str(late))
     assert not late.exists()
+
+
+def test_tuning_database_stays_loadable(tmp_path, caplog):
+    """Every stored record must replay when the database is loaded (a JSONDatabase replays all of
+    them, and one bad trace makes it unreadable: seen with a prepacked NHWC convolution), and an
+    unreadable database costs the build its records, not its schedules."""
+    import logging
+
+    import onnx
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from compiler import samples
+    from compiler.optimize import build_cpu
+
+    model = onnx.load_from_string(samples.tiny_cnn())
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v2"})
+    db = tmp_path / "db"
+    caplog.set_level(logging.INFO, logger="compiler.optimize")
+    reports = []
+    for _ in range(2):
+        report: dict = {}
+        build_cpu(from_onnx(model, keep_params_in_input=False), target, database_dir=db,
+                  options={"budget_s": 15}, report=report)
+        reports.append(report)
+    assert "unreadable" not in caplog.text
+    assert any(r["source"] == "database" for r in reports[1]["schedules"]), reports[1]
+    # Now break it: the build still schedules every function, without the database.
+    [key_dir] = [p for p in db.iterdir() if p.is_dir()]
+    (key_dir / "database_tuning_record.json").write_text("[0, not json]\n")
+    caplog.clear()
+    report = {}
+    build_cpu(from_onnx(model, keep_params_in_input=False), target, database_dir=db,
+              options={"budget_s": 15}, report=report)
+    assert "unreadable" in caplog.text
+    assert report["schedules"] and all(r["source"] != "database" for r in report["schedules"])
