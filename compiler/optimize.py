@@ -469,6 +469,25 @@ def _database_entries(mod, target, db) -> list[dict[str, Any]]:
     return out
 
 
+def _record_replays(mod, trace, target, tfunc) -> bool:
+    """Whether a record of ``trace`` survives a JSONDatabase round trip (written, then loaded,
+    which replays it), in a scratch database."""
+    import tempfile
+
+    from tvm.s_tir import meta_schedule as ms
+
+    with tempfile.TemporaryDirectory(prefix="edgeforge-db-") as tmp:
+        try:
+            db = ms.database.JSONDatabase(work_dir=tmp, allow_missing=True)
+            db.commit_tuning_record(ms.database.TuningRecord(
+                trace, db.commit_workload(mod), [1.0], target,
+                ms.arg_info.ArgInfo.from_prim_func(tfunc)))
+            return len(ms.database.JSONDatabase(work_dir=tmp, allow_missing=False)) == 1
+        except Exception as e:
+            logger.debug("record does not replay: %s", str(e).splitlines()[-1][:200])
+            return False
+
+
 def _sample_database(mod, target, opts, measure: bool, persist=None, entries=None):
     """Seeded schedules per task from MetaSchedule's default space.
 
@@ -588,13 +607,13 @@ def _sample_database(mod, target, opts, measure: bool, persist=None, entries=Non
         if persist is not None and cost is not None:
             try:  # measured: share it with later builds (other models with the same layer too)
                 tfunc = next(iter(task.dispatched[0].functions.values()))
-                record = ms.database.TuningRecord(
-                    sch.trace, ms.database.Workload(task.dispatched[0]), [cost], target,
-                    ms.arg_info.ArgInfo.from_prim_func(tfunc))
                 # Only records that replay: loading a JSONDatabase replays every trace, and one
                 # that does not (seen: a prepacked NHWC conv whose trace replays with an extra
                 # loop) makes the whole database unreadable.
-                ms.database.TuningRecord.from_json(record.as_json(), record.workload)
+                if not _record_replays(task.dispatched[0], sch.trace, target, tfunc):
+                    logger.info("schedule of %s not stored: its trace does not replay",
+                                task.task_name)
+                    continue
                 pwl = persist.commit_workload(task.dispatched[0])
                 persist.commit_tuning_record(ms.database.TuningRecord(
                     sch.trace, pwl, [cost], target, ms.arg_info.ArgInfo.from_prim_func(tfunc)))
