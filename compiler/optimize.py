@@ -733,6 +733,7 @@ def build_cpu(
     keep = _keep_families(target)
     stub_tensor_intrin(keep)
     entries: list[dict[str, Any]] = []
+    opts["layout"] = _layout(mod, opts)  # "auto" resolved once, on the imported module
     if report is not None:
         report["options"] = {k: opts[k] for k in sorted(opts)}
         report["schedules"] = entries
@@ -740,14 +741,14 @@ def build_cpu(
     try:
         prepared = _preprocess(mod, target, opts)
     except Exception as e:
-        if not _layout(mod, opts):
+        if not opts["layout"]:
             raise
         logger.warning("layout conversion failed (%s); building in the model's own layout",
                        str(e).splitlines()[0] if str(e) else type(e).__name__)
         opts["layout"] = None
         prepared = _preprocess(mod, target, opts)
     if report is not None:
-        report["options"]["layout"] = _layout(mod, opts)
+        report["options"]["layout"] = opts["layout"]
     mod = prepared
     t1 = time.perf_counter()
     logger.info("preprocess/fuse: %.1f s, %d TIR functions", t1 - t0, _scheduled_count(mod)[1])
