@@ -48,6 +48,15 @@ def converters(base: type) -> dict[str, type]:
 
     from .converters import ConverterError
 
+    class _WithOpset(base):  # type: ignore[misc, valid-type]
+        """A converter whose ``_convert`` takes the model's opset (one body for all versions)."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                return cls._convert(bb, inputs, attr, params, opset)
+            return convert
+
     def shape_of(bb: Any, x: Any) -> list[int]:
         try:
             return [int(d) for d in bb.normalize(x).ty.shape.values]
@@ -716,15 +725,9 @@ def converters(base: type) -> dict[str, type]:
                 state = R.astype(state, state_dtype)
             return relax.Tuple([y, state])
 
-    class FlexAttention(base):  # type: ignore[misc, valid-type]
+    class FlexAttention(_WithOpset):  # type: ignore[misc, valid-type]
         """ai.onnx.preview FlexAttention: scaled dot-product attention whose scores and
         probabilities may pass through user subgraphs (score_mod, prob_mod), converted inline."""
-
-        @classmethod
-        def get_converter(cls, opset: int) -> Any:
-            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
-                return cls._convert(bb, inputs, attr, params, opset)
-            return convert
 
         @classmethod
         def _convert(cls, bb, inputs, attr, params, opset):  # type: ignore[no-untyped-def]
@@ -992,14 +995,8 @@ def converters(base: type) -> dict[str, type]:
             results.append(R.stack(seq, axis=out_axes[j] % rank))
         return results
 
-    class Scan(base):  # type: ignore[misc, valid-type]
+    class Scan(_WithOpset):  # type: ignore[misc, valid-type]
         """Scan unrolled over the static length of its scan inputs."""
-
-        @classmethod
-        def get_converter(cls, opset: int) -> Any:
-            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
-                return cls._convert(bb, inputs, attr, params, opset)
-            return convert
 
         @classmethod
         def _convert(cls, bb, inputs, attr, params, opset):  # type: ignore[no-untyped-def]
@@ -1038,16 +1035,10 @@ def converters(base: type) -> dict[str, type]:
     #: Longest Loop unrolled at compile time.
     max_unroll = 4096
 
-    class Loop(base):  # type: ignore[misc, valid-type]
+    class Loop(_WithOpset):  # type: ignore[misc, valid-type]
         """Loop unrolled at compile time: the trip count and the initial condition must be
         constants and the body must keep the condition unchanged (``cond_out = cond_in`` or a
         constant true), i.e. a for-loop; data-dependent while-loops are refused."""
-
-        @classmethod
-        def get_converter(cls, opset: int) -> Any:
-            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
-                return cls._convert(bb, inputs, attr, params, opset)
-            return convert
 
         @classmethod
         def _convert(cls, bb, inputs, attr, params, opset):  # type: ignore[no-untyped-def]
