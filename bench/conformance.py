@@ -86,6 +86,10 @@ def _io(case: Any) -> tuple[dict[str, Any], list[Any]] | None:
 
 
 def _compare(actual: list[Any], expected: list[Any], rtol: float, atol: float) -> str | None:
+    """None when ``actual`` matches ``expected``. Floats within the test's tolerances (at least
+    1e-3 relative, 1e-5 absolute), NaN where NaN is expected; bfloat16 the same, in float32;
+    float8/float4 (pure conversions in the node tests) bit for bit, any NaN matching a NaN;
+    integers, bools and int4/int2 exactly."""
     import numpy as np
 
     if len(actual) != len(expected):
@@ -94,13 +98,27 @@ def _compare(actual: list[Any], expected: list[Any], rtol: float, atol: float) -
         a = np.asarray(a)
         if a.shape != e.shape:
             return f"output {i}: shape {a.shape} != {e.shape}"
-        if e.dtype.kind in "fc":
-            if not np.allclose(a.astype(e.dtype), e, rtol=max(rtol, 1e-3), atol=max(atol, 1e-5),
+        if a.dtype != e.dtype and (_low_float(e.dtype) or str(e.dtype) == "bfloat16"):
+            return f"output {i}: dtype {a.dtype} != {e.dtype}"
+        if _low_float(e.dtype):
+            af, ef = a.astype(np.float32), e.astype(np.float32)
+            same = (a.view(np.uint8) == e.view(np.uint8)) | (np.isnan(af) & np.isnan(ef))
+            if not same.all():
+                return f"output {i}: {int((~same).sum())} value(s) differ bitwise"
+        elif e.dtype.kind in "fc" or str(e.dtype) == "bfloat16":
+            wide = np.float32 if str(e.dtype) == "bfloat16" else e.dtype
+            af, ef = a.astype(wide), e.astype(wide)
+            if not np.allclose(af, ef, rtol=max(rtol, 1e-3), atol=max(atol, 1e-5),
                                equal_nan=True):
-                return f"output {i}: max abs diff {np.nanmax(np.abs(a - e)):.3g}"
+                return f"output {i}: max abs diff {np.nanmax(np.abs(af - ef)):.3g}"
         elif not np.array_equal(a.astype(e.dtype), e):
             return f"output {i}: values differ"
     return None
+
+
+def _low_float(dtype: Any) -> bool:
+    """float8 (all five) and float4: one byte per element, compared by bit pattern."""
+    return str(dtype).startswith(("float8", "float4"))
 
 
 #: (operator, input index) pairs that are parameters rather than data: they decide the output
@@ -122,13 +140,13 @@ def _parameter_inputs(model: Any) -> set[str]:
 
 def _ours(case: Any, io: tuple[dict[str, Any], list[Any]], tmp: str, freeze: bool = False
           ) -> tuple[str, str]:
-    import numpy as np
 
     from compiler._build import BuildRequest, build
     from compiler.exceptions import CompileError, ModelError, SpecError, UnsupportedOperatorError
     from compiler.prepasses import fold_constants
     from compiler.validation import validate_model
-    from edgeforge_runtime._vm import VirtualMachine
+    from edgeforge_runtime._vm import VirtualMachine, to_numpy
+    from edgeforge_runtime.dtypes import from_storage, to_storage
 
     feed, expected = io
     # Integer inputs of node tests are parameters (shapes, axes, pads, indices, k): an edge
@@ -160,7 +178,8 @@ def _ours(case: Any, io: tuple[dict[str, Any], list[Any]], tmp: str, freeze: boo
         return "compile_error", f"{type(e).__name__}: {str(e)[:300]}"
     try:
         vm = VirtualMachine(out.library)
-        actual = [np.from_dlpack(t) for t in vm.run([feed[i.name] for i in validated.inputs])]
+        results = vm.run([to_storage(feed[i.name], i.dtype) for i in validated.inputs])
+        actual = [from_storage(to_numpy(t), o.dtype) for t, o in zip(results, validated.outputs)]
     except Exception as e:
         return "runtime_error", f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}"
     bad = _compare(actual, expected, case.rtol, case.atol)

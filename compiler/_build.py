@@ -73,6 +73,7 @@ def build(req: BuildRequest, progress: Callable[[str], None]) -> BuildResult:
     from tvm.relax.frontend.onnx import from_onnx
     from tvm.support import cc
 
+    from . import lowbit
     from .converters import install as install_converters
 
     timings: dict[str, float] = {}
@@ -80,8 +81,9 @@ def build(req: BuildRequest, progress: Callable[[str], None]) -> BuildResult:
     progress("import")
     model = onnx.load_from_string(req.model_bytes)
     install_converters()
+    lowbit.install()  # extends the table install_converters() set up
     try:
-        mod = from_onnx(model, keep_params_in_input=False)
+        mod = from_onnx(model, shape_dict=_zero_dim_shapes(model), keep_params_in_input=False)
     except Exception as e:  # the frontend raises many types; all mean "cannot import this graph"
         raise CompileError(f"TVM's ONNX frontend could not import the model: {_first_line(e)}"
                            ) from e
@@ -139,6 +141,20 @@ def build(req: BuildRequest, progress: Callable[[str], None]) -> BuildResult:
     return BuildResult(library=str(out), outputs=outputs, timings=timings,
                        kernels="fatbin" if req.cuda_arch else None, notes=notes,
                        schedule=schedule)
+
+
+def _zero_dim_shapes(model: Any) -> dict[str, list[int]]:
+    """Static shapes of the graph inputs with a zero dimension: TVM's frontend reads
+    ``dim_value == 0`` as "unknown" and makes it a symbolic dimension, whose kernels then never
+    initialise the outputs of reductions over it (edgeforge fixes every input shape before the
+    build, so 0 means an empty tensor)."""
+    out: dict[str, list[int]] = {}
+    for vi in model.graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        if any(d.HasField("dim_value") and d.dim_value == 0 for d in dims) and all(
+                d.HasField("dim_value") for d in dims):
+            out[vi.name] = [int(d.dim_value) for d in dims]
+    return out
 
 
 def _first_line(e: BaseException) -> str:

@@ -13,6 +13,8 @@ from typing import Any, Literal
 from onnx import numpy_helper
 from pydantic import BaseModel, ConfigDict
 
+from edgeforge_runtime.dtypes import storage_dtype
+
 from ._build import BuildRequest
 from .exceptions import EdgeforgeError, TransientError
 from .packaging import artifact_name, package, sha256_file
@@ -170,8 +172,10 @@ def _one(validated: ValidatedModel, folded: tuple[bytes, FoldStats], source: byt
 
             say(profile.name, "sign")
             t2 = time.perf_counter()
-            names = [o.name for o in validated.outputs]
-            outputs = [(n, s, d) for n, (s, d) in zip(names, built.outputs)]
+            # The library returns low-bit tensors in their storage dtype; the manifest records
+            # the logical one (edgeforge_runtime.dtypes).
+            outputs = [(o.name, s, o.dtype if storage_dtype(o.dtype) == d != o.dtype else d)
+                       for o, (s, d) in zip(validated.outputs, built.outputs)]
             dest = out_dir / artifact_name(spec.model_name, spec.model_version, profile.name)
             compile_info = {
                 "options": spec.options.model_dump(),
@@ -180,7 +184,7 @@ def _one(validated: ValidatedModel, folded: tuple[bytes, FoldStats], source: byt
                 "tuning": _tuning_info(spec, built.schedule),
                 "profile_revision": profile.revision,
                 "kernels": built.kernels,
-                "notes": built.notes,
+                "notes": [*validated.notes, *built.notes],
                 "prepasses": {"folded_nodes": stats.folded_nodes, "inlined_ifs": stats.inlined_ifs},
                 "timings": {k: round(v, 3) for k, v in timings.items()},
             }

@@ -19,6 +19,9 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper, shape_inference
 
+from edgeforge_runtime.dtypes import to_storage
+
+from . import lowbit
 from .converters import EXTRA_OPS
 from .converters_extra import DOMAINS as EXTRA_DOMAINS
 from .exceptions import (
@@ -60,6 +63,10 @@ _ONNX_DTYPES = {
 
 @dataclass(frozen=True)
 class TensorInfo:
+    """A graph input or output. ``dtype`` is the logical dtype the manifest records (for the
+    low-bit types ml_dtypes' name, e.g. ``float8_e4m3fn``; the library holds them in the
+    storage dtype of ``edgeforge_runtime.dtypes``)."""
+
     name: str
     shape: tuple[int, ...]
     dtype: str
@@ -75,6 +82,8 @@ class ValidatedModel:
     opset: int
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
+    #: What validation changed besides fixing shapes (e.g. an opset conversion), for the record.
+    notes: tuple[str, ...] = ()
 
     def serialized(self) -> bytes:
         return self.model.SerializeToString()
@@ -89,7 +98,7 @@ def supported_operators() -> frozenset[str]:
         resources.files("compiler").joinpath("data/tvm_onnx_ops.json").read_text("utf-8")
     )
     # "If" is handled by the frontend itself (outside its converter table).
-    return frozenset(data["ops"]) | EXTRA_OPS | {"If"}
+    return frozenset(data["ops"]) | EXTRA_OPS | lowbit.OPS | {"If"}
 
 
 def _parse(data: bytes) -> onnx.ModelProto:
@@ -136,7 +145,9 @@ def _dims(vi: onnx.ValueInfoProto) -> list[int | str | None]:
     return out
 
 
-def _dtype(vi: onnx.ValueInfoProto) -> str:
+def _dtype(vi: onnx.ValueInfoProto, logical: dict[str, str] | None = None) -> str:
+    if logical and vi.name in logical:
+        return logical[vi.name]
     if not vi.type.HasField("tensor_type"):
         raise InvalidModelError(f"graph input/output {vi.name!r} is not a tensor")
     elem = vi.type.tensor_type.elem_type
@@ -190,13 +201,38 @@ def _opset(model: onnx.ModelProto) -> int:
     return opset
 
 
+def _upgrade_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    """Models below :data:`MIN_OPSET` are converted to it with ONNX's version converter (the
+    converter the error message would otherwise tell the user to run); returns the model and a
+    note for the record, or the model unchanged."""
+    versions = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    opset = versions.get("ai.onnx")
+    if opset is None or opset >= MIN_OPSET:
+        return model, None
+    from onnx import version_converter
+
+    try:
+        converted = version_converter.convert_version(model, MIN_OPSET)
+    except Exception as e:  # the converter raises RuntimeError/ValueError/its own types
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise OpsetError(
+            f"opset {opset} is outside the supported range {MIN_OPSET}–{MAX_OPSET} and ONNX's "
+            f"version converter could not convert it to {MIN_OPSET}: {first}; re-export the "
+            "model with a newer opset"
+        ) from e
+    note = f"converted from opset {opset} to {MIN_OPSET} with onnx.version_converter"
+    logger.info("%s", note)
+    return converted, note
+
+
 def check_operators(model: onnx.ModelProto) -> None:
     """Raise one error naming every node whose operator the compiler cannot convert."""
     supported = supported_operators()
     bad: list[tuple[str, str, str]] = []
     for node, label in _walk_nodes(model.graph):
         domain = node.domain or "ai.onnx"
-        known = domain in ("ai.onnx", "com.microsoft") or EXTRA_DOMAINS.get(node.op_type) == domain
+        known = (domain in ("ai.onnx", "com.microsoft") or EXTRA_DOMAINS.get(node.op_type) == domain
+                 or (domain == lowbit.DOMAIN and node.op_type in lowbit.OPS))
         if not known or node.op_type not in supported:
             bad.append((f"{domain}::{node.op_type}", label, "no converter in TVM's ONNX frontend"))
     if bad:
@@ -312,7 +348,8 @@ def _fix_inputs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> N
     model.graph.input.extend(keep)
 
 
-def _freeze_inputs(model: onnx.ModelProto, constants: dict[str, Any]) -> None:
+def _freeze_inputs(model: onnx.ModelProto, constants: dict[str, Any],
+                   logical: dict[str, str] | None = None) -> None:
     """Turn the named graph inputs into initializers holding the given values (cast to the
     input's dtype when that is exact, reshaped to its declared shape when that is static)."""
     names = {vi.name for vi in model.graph.input}
@@ -323,6 +360,11 @@ def _freeze_inputs(model: onnx.ModelProto, constants: dict[str, Any]) -> None:
         if vi.name not in constants:
             continue
         value = np.asarray(constants[vi.name])
+        if logical and vi.name in logical:  # a low-bit input: its storage (lowbit.py)
+            if str(value.dtype) != logical[vi.name]:
+                raise SpecError(f"constant input {vi.name!r} must be an ml_dtypes "
+                                f"{logical[vi.name]} array; got {value.dtype}")
+            value = to_storage(value, logical[vi.name])
         want = _ONNX_DTYPES.get(vi.type.tensor_type.elem_type)
         if want is not None and str(value.dtype) != want:
             cast = value.astype(want)
@@ -356,15 +398,23 @@ def validate_model(
         raise NotOnnxError("the file is empty")
     model = _parse(data)
     _check_external_data(model)
+    model, upgraded = _upgrade_opset(model)
+    notes = [upgraded] if upgraded else []
     opset = _opset(model)
     try:
         onnx.checker.check_model(model, full_check=False)
     except (onnx.checker.ValidationError, ValueError) as e:
         first = str(e).strip().splitlines()[0][:500] if str(e).strip() else type(e).__name__
         raise InvalidModelError(f"the ONNX checker rejects the model: {first}") from e
+    logical = {vi.name: lowbit.logical_dtype(vi.type.tensor_type.elem_type)
+               for vi in [*model.graph.input, *model.graph.output]}
+    logical = {k: v for k, v in logical.items() if v}
+    rewritten = lowbit.lower_lowbit(model)
+    if rewritten:
+        notes.append(f"{rewritten} low-bit conversion node(s) lowered to {lowbit.DOMAIN}")
     check_operators(model)
     if constant_inputs:
-        _freeze_inputs(model, constant_inputs)
+        _freeze_inputs(model, constant_inputs, logical)
     _fix_inputs(model, dict(input_shapes or {}))
     check_runtime_parameters(model, opset)
     try:
@@ -372,14 +422,15 @@ def validate_model(
     except Exception as e:
         raise InvalidModelError(f"ONNX shape inference failed: {e}") from e
     inputs = tuple(
-        TensorInfo(vi.name, tuple(int(d) for d in _dims(vi)), _dtype(vi))  # type: ignore[arg-type]
+        TensorInfo(vi.name, tuple(int(d) for d in _dims(vi)),  # type: ignore[arg-type]
+                   _dtype(vi, logical))
         for vi in inferred.graph.input
     )
     outputs = []
     for vi in inferred.graph.output:
         dims = _dims(vi)
         outputs.append(TensorInfo(vi.name, tuple(d if isinstance(d, int) else -1 for d in dims)
-                                  if dims != [None] else (), _dtype(vi)))
+                                  if dims != [None] else (), _dtype(vi, logical)))
     return ValidatedModel(
         model=inferred,
         sha256=hashlib.sha256(data).hexdigest(),
@@ -387,4 +438,5 @@ def validate_model(
         opset=opset,
         inputs=inputs,
         outputs=tuple(outputs),
+        notes=tuple(notes),
     )

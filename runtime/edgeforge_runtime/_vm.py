@@ -25,7 +25,7 @@ from .manifest import RUNTIME_ABI
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VirtualMachine", "load_runtime", "runtime_library_path"]
+__all__ = ["VirtualMachine", "load_runtime", "runtime_library_path", "to_numpy"]
 
 _KDL_CPU, _KDL_CUDA = 1, 2
 _POOLED_ALLOCATOR = 2
@@ -140,6 +140,37 @@ def _aligned(x: Any) -> Any:
     return out
 
 
+def _to_tensor(ffi: Any, x: Any) -> Any:
+    """A host array as a TVM tensor for the VM: zero-copy through DLPack for ordinary arrays
+    (after :func:`_aligned`); a fresh compact tensor for zero-size arrays (numpy gives them
+    strides that TVM's compactness check refuses: "expected to be compact array"); bfloat16
+    (ml_dtypes, which DLPack exporters refuse) through a ``uint16`` view of the same bytes."""
+    dtype = str(getattr(x, "dtype", ""))
+    if getattr(x, "size", 1) == 0:
+        alloc = ffi.get_global_func("runtime.TVMTensorAllocWithScope")
+        return alloc(tuple(x.shape), dtype, ffi.device("cpu", 0), "global")
+    if dtype == "bfloat16":
+        import numpy as np
+
+        bits = ffi.from_dlpack(_aligned(np.ascontiguousarray(x).view(np.uint16)))
+        return ffi.get_global_func("runtime.TVMTensorCreateView")(bits, bits.shape, "bfloat16", 0)
+    return ffi.from_dlpack(_aligned(x))
+
+
+def to_numpy(t: Any) -> Any:
+    """A host tensor returned by :meth:`VirtualMachine.run` as a numpy array, zero-copy
+    (bfloat16 through a ``uint16`` view, returned as an ml_dtypes array)."""
+    import numpy as np
+
+    if str(t.dtype) == "bfloat16":
+        from .dtypes import ml_dtypes_module
+
+        ffi = load_runtime()
+        bits = ffi.get_global_func("runtime.TVMTensorCreateView")(t, t.shape, "uint16", 0)
+        return np.from_dlpack(bits).view(ml_dtypes_module("the model returns bfloat16").bfloat16)
+    return np.from_dlpack(t)
+
+
 class VirtualMachine:
     """A relax VM over one exported library, on one device."""
 
@@ -187,7 +218,7 @@ class VirtualMachine:
     def run(self, inputs: Sequence[Any]) -> list[Any]:
         """Run ``main`` on numpy arrays (or other DLPack-capable arrays); return DLPack-capable
         host tensors."""
-        args = [self._to_device(self._ffi.from_dlpack(_aligned(x))) for x in inputs]
+        args = [self._to_device(_to_tensor(self._ffi, x)) for x in inputs]
         result = self._main(*args)
         if isinstance(result, self._ffi.Tensor):
             return [self._to_host(result)]

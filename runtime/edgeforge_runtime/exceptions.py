@@ -13,7 +13,8 @@
     │   ├── AbiMismatchError       built for another runtime ABI (TVM / tvm-ffi versions)
     │   └── RollbackError          older than a version this device already trusts
     ├── RuntimeLoadError           the runtime libraries or a device backend cannot be loaded
-    │   └── DeviceUnavailableError the requested device (e.g. CUDA) is not usable here
+    │   ├── DeviceUnavailableError the requested device (e.g. CUDA) is not usable here
+    │   └── MissingDependencyError an optional dependency the artifact needs is not installed
     └── RepositoryError            the artifact repository cannot be reached or answered badly
 """
 
@@ -27,6 +28,7 @@ __all__ = [
     "DigestMismatchError",
     "EdgeforgeRuntimeError",
     "ManifestError",
+    "MissingDependencyError",
     "ProfileMismatchError",
     "RepositoryError",
     "RollbackError",
@@ -82,6 +84,11 @@ class RuntimeLoadError(EdgeforgeRuntimeError):
 
 class DeviceUnavailableError(RuntimeLoadError):
     """The requested device is not available on this machine (e.g. no CUDA driver)."""
+
+
+class MissingDependencyError(RuntimeLoadError):
+    """The artifact needs an optional dependency that is not installed (e.g. ml_dtypes for
+    float8/int4/bfloat16 tensors: ``pip install 'edgeforge-runtime[lowbit]'``)."""
 
 
 class RepositoryError(EdgeforgeRuntimeError):

@@ -15,6 +15,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .dtypes import LOWBIT_STORAGE
 from .exceptions import ManifestError
 
 __all__ = [
@@ -40,7 +41,7 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _DTYPES = frozenset(
     {"float16", "float32", "float64", "bfloat16", "int8", "int16", "int32", "int64",
      "uint8", "uint16", "uint32", "uint64", "bool"}
-)
+) | frozenset(LOWBIT_STORAGE)
 
 
 def _req(d: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str) -> Any:

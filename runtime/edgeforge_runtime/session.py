@@ -7,9 +7,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._vm import VirtualMachine, set_num_threads
+from ._vm import VirtualMachine, set_num_threads, to_numpy
 from .archive import Limits, VerifiedArtifact, open_artifact
 from .compat import check_compatible
+from .dtypes import from_storage, ml_dtypes_module, needs_ml_dtypes, to_storage
 from .manifest import Manifest, TensorSpec
 from .signature import TrustedKeys
 
@@ -21,6 +22,11 @@ _ORT_TYPES = {
     "int32": "tensor(int32)", "int64": "tensor(int64)", "uint8": "tensor(uint8)",
     "uint16": "tensor(uint16)", "uint32": "tensor(uint32)", "uint64": "tensor(uint64)",
     "bool": "tensor(bool)",
+    "float8_e4m3fn": "tensor(float8e4m3fn)", "float8_e4m3fnuz": "tensor(float8e4m3fnuz)",
+    "float8_e5m2": "tensor(float8e5m2)", "float8_e5m2fnuz": "tensor(float8e5m2fnuz)",
+    "float8_e8m0fnu": "tensor(float8e8m0)", "float4_e2m1fn": "tensor(float4e2m1)",
+    "int4": "tensor(int4)", "uint4": "tensor(uint4)", "int2": "tensor(int2)",
+    "uint2": "tensor(uint2)",
 }
 
 
@@ -74,6 +80,9 @@ class InferenceSession:
         try:
             manifest = verified.manifest
             check_compatible(manifest, expected_profile=expected_profile)
+            special = needs_ml_dtypes(t.dtype for t in (*manifest.inputs, *manifest.outputs))
+            if special:
+                ml_dtypes_module(f"the model has {', '.join(special)} inputs or outputs")
             device = self._device_for(manifest, providers)
             if self._options.intra_op_num_threads:
                 set_num_threads(self._options.intra_op_num_threads)
@@ -146,13 +155,12 @@ class InferenceSession:
                 raise ValueError(
                     f"input {spec.name!r} has shape {list(arr.shape)}, expected {spec.shape}"
                 )
-            arrays.append(np.ascontiguousarray(arr))
+            arrays.append(to_storage(np.ascontiguousarray(arr), spec.dtype))
         return arrays
 
     def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any],
             run_options: Any = None) -> list[Any]:
         """Run the model. ``output_names=None`` returns every output, in manifest order."""
-        import numpy as np
 
         arrays = self._check_feed(input_feed)
         results = self._vm.run(arrays)
@@ -161,7 +169,8 @@ class InferenceSession:
                 f"the model returned {len(results)} outputs but its manifest lists "
                 f"{len(self._outputs)}"
             )
-        by_name = {spec.name: np.from_dlpack(r) for spec, r in zip(self._outputs, results)}
+        by_name = {spec.name: from_storage(to_numpy(r), spec.dtype)
+                   for spec, r in zip(self._outputs, results)}
         if output_names is None:
             return [by_name[o.name] for o in self._outputs]
         unknown = [n for n in output_names if n not in by_name]

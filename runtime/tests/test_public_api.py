@@ -47,6 +47,7 @@ def test_the_error_tree() -> None:
         exc.AbiMismatchError: exc.ArtifactError, exc.RollbackError: exc.ArtifactError,
         exc.RuntimeLoadError: exc.EdgeforgeRuntimeError,
         exc.DeviceUnavailableError: exc.RuntimeLoadError,
+        exc.MissingDependencyError: exc.RuntimeLoadError,
         exc.RepositoryError: exc.EdgeforgeRuntimeError,
     }
     for cls, parent in tree.items():

@@ -93,9 +93,19 @@ def _relu_model(opset: int) -> bytes:
 
 
 def test_opset_range():
-    with pytest.raises(OpsetError, match="opset 5 is outside"):
-        validate_model(_relu_model(5))
     validate_model(_relu_model(13))
+    too_new = onnx.defs.onnx_opset_version() + 1
+    with pytest.raises(OpsetError, match=f"opset {too_new} is outside"):
+        validate_model(_relu_model(too_new))
+
+
+def test_old_opsets_are_converted_and_recorded():
+    """Below opset 7 the model is converted with onnx.version_converter (as the error message
+    used to tell the user to do), and the conversion is recorded."""
+    v = validate_model(_relu_model(5))
+    assert v.opset == 7
+    assert any("converted from opset 5 to 7" in n for n in v.notes)
+    assert validate_model(_relu_model(13)).notes == ()
 
 
 def test_checker_failure_is_invalid_model():
