@@ -21,17 +21,23 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["DOMAINS", "OPS", "converters"]
+__all__ = ["DOMAINS", "ML_OPS", "OPS", "converters"]
 
 OPS: frozenset[str] = frozenset({
     "BitCast", "BlackmanWindow", "CausalConvWithState", "CenterCropPad", "Col2Im", "ConvInteger",
     "DFT", "DeformConv", "Det", "DynamicQuantizeLSTM", "FlexAttention", "HammingWindow", "HannWindow",
     "LinearAttention", "Loop", "MelWeightMatrix", "QLinearConv", "QLinearMatMul",
     "ReverseSequence", "STFT", "Scan", "SwiGLU", "TensorScatter", "TfIdfVectorizer",
-})
+} | {"ArrayFeatureExtractor", "Binarizer", "LabelEncoder", "LinearRegressor", "Normalizer",
+     "Scaler", "TreeEnsemble", "TreeEnsembleRegressor"})
+#: Classic-ML operators (skl2onnx exports): the ai.onnx.ml domain.
+ML_OPS: frozenset[str] = frozenset({
+    "ArrayFeatureExtractor", "Binarizer", "LabelEncoder", "LinearRegressor", "Normalizer",
+    "Scaler", "TreeEnsemble", "TreeEnsembleRegressor"})
 #: Operators of OPS that live in another ONNX domain than ai.onnx (the pre-flight must accept
 #: ``domain::op`` for these).
-DOMAINS: dict[str, str] = {"FlexAttention": "ai.onnx.preview"}
+DOMAINS: dict[str, str] = {"FlexAttention": "ai.onnx.preview",
+                           **{op: "ai.onnx.ml" for op in ML_OPS}}
 
 # ONNX TensorProto data types → TVM dtype names (those the runtime can hand over).
 _DTYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64",
@@ -1088,6 +1094,328 @@ def converters(base: type) -> dict[str, type]:
                 results.append(R.stack([step[j] for step in per_step], axis=0))
             return relax.Tuple(results) if len(results) > 1 else results[0]
 
+
+    # ---------------------------------------------------------------- classic ML (ai.onnx.ml)
+
+    def ml_attr_array(attr: dict[str, Any], *names: str) -> Any:
+        """The first present attribute of ``names`` as a numpy array (lists or tensors)."""
+        from onnx import numpy_helper
+
+        for name in names:
+            v = attr.get(name)
+            if v is None:
+                continue
+            if hasattr(v, "data_type"):  # a TensorProto
+                return numpy_helper.to_array(v)
+            if isinstance(v, (tuple, list)) and v and isinstance(v[0], bytes):
+                return np.array([x.decode() for x in v], dtype=object)
+            return np.asarray(v)
+        return None
+
+    def as_float(bb: Any, x: Any, rows: bool = False) -> tuple[Any, str]:
+        """``x`` in its float dtype (float32 for other dtypes), a 1-D ``x`` as one row when
+        ``rows``; and that dtype."""
+        dtype = dtype_of(bb, x)
+        cd = dtype if dtype in ("float32", "float64") else "float32"
+        if cd != dtype:
+            x = R.astype(x, cd)
+        if rows and len(shape_of(bb, x)) == 1:
+            x = R.reshape(x, (1, -1))
+        return bb.normalize(x), cd
+
+    def post_transform(op: str, y: Any, how: Any) -> Any:
+        how = how.decode() if isinstance(how, bytes) else how
+        if how in (None, 0, "NONE"):
+            return y
+        if how in (1, "SOFTMAX"):
+            return R.nn.softmax(y, axis=-1)
+        if how in (2, "LOGISTIC"):
+            return R.sigmoid(y)
+        raise ConverterError(f"{op}: post_transform {how!r} is not supported")
+
+    class Binarizer(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            x = inputs[0]
+            dtype = dtype_of(bb, x)
+            return R.astype(R.greater(x, const(float(attr.get("threshold", 0.0)), dtype)), dtype)
+
+    class ArrayFeatureExtractor(base):  # type: ignore[misc, valid-type]
+        """``X[..., indices]`` (a 1-D X gives one row, as onnxruntime does)."""
+
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            x, idx = inputs[0], inputs[1]
+            shape = shape_of(bb, x)
+            n = int(np.prod(shape_of(bb, idx)))
+            idx = R.reshape(idx, (n,))
+            if dtype_of(bb, idx) != "int64":
+                idx = R.astype(idx, "int64")
+            y = R.take(x, idx, axis=len(shape) - 1)
+            return R.reshape(y, (1, n)) if len(shape) == 1 else y
+
+    class Scaler(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            xc, cd = as_float(bb, inputs[0])
+            offset = ml_attr_array(attr, "offset")
+            scale = ml_attr_array(attr, "scale")
+            if offset is not None:
+                xc = R.subtract(xc, const(offset, cd))
+            if scale is not None:
+                xc = R.multiply(xc, const(scale, cd))
+            return xc
+
+    class Normalizer(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            x, cd = as_float(bb, inputs[0], rows=True)
+            norm = text(attr, "norm", "MAX")
+            if norm == "MAX":
+                div = R.max(R.abs(x), axis=1, keepdims=True)
+            elif norm == "L1":
+                div = R.sum(R.abs(x), axis=1, keepdims=True)
+            elif norm == "L2":
+                div = R.sqrt(R.sum(R.multiply(x, x), axis=1, keepdims=True))
+            else:
+                raise ConverterError(f"Normalizer: norm {norm!r} is not supported")
+            tiny = const(1e-30, cd)
+            return R.divide(x, R.where(R.less(div, tiny), tiny, div))  # NaN rows stay NaN
+
+    class LinearRegressor(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            x, cd = as_float(bb, inputs[0], rows=True)
+            targets = int(attr.get("targets", 1))
+            coef = ml_attr_array(attr, "coefficients").reshape(targets, -1).T
+            y = R.matmul(x, const(coef, cd))
+            intercepts = ml_attr_array(attr, "intercepts")
+            if intercepts is not None:
+                y = R.add(y, const(intercepts, cd))
+            return post_transform("LinearRegressor", y, attr.get("post_transform"))
+
+    class LabelEncoder(base):  # type: ignore[misc, valid-type]
+        """Numeric keys and values (strings cannot cross the runtime boundary): an exact
+        comparison with each key, the default elsewhere."""
+
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            x = inputs[0]
+            keys = ml_attr_array(attr, "keys_tensor", "keys_floats", "keys_int64s",
+                                 "keys_strings")
+            values = ml_attr_array(attr, "values_tensor", "values_floats", "values_int64s",
+                                   "values_strings")
+            if keys is None or values is None:
+                raise ConverterError("LabelEncoder: keys and values are required")
+            if keys.dtype == object or values.dtype == object:
+                raise ConverterError("LabelEncoder: string keys or values are not supported")
+            if "default_tensor" in attr:
+                default = ml_attr_array(attr, "default_tensor").reshape(-1)[0]
+            elif "values_floats" in attr:
+                default = np.float32(attr.get("default_float", -0.0))
+            else:
+                default = np.int64(attr.get("default_int64", -1))
+            if "values_floats" in attr:
+                values = values.astype(np.float32)
+            elif "values_int64s" in attr:
+                values = values.astype(np.int64)
+            out_dtype = str(values.dtype)
+            xdtype = dtype_of(bb, x)
+            keys = keys.astype(xdtype)
+            y: Any = const(default, out_dtype)
+            # the first key wins on duplicates (a dict built in order keeps the last: reverse)
+            for k, v in reversed(list(zip(keys.tolist(), values.tolist()))):
+                hit = R.equal(x, const(k, xdtype))
+                if isinstance(k, float) and math.isnan(k):
+                    hit = R.isnan(x)
+                y = R.where(hit, const(v, out_dtype), y)
+            return R.broadcast_to(y, shape_of(bb, x)) if isinstance(y, Constant) else y
+
+    #: ai.onnx.ml TreeEnsemble node modes.
+    leq, lt, gte, gt, eq, neq, member, leaf = range(8)
+    legacy_modes = {"BRANCH_LEQ": leq, "BRANCH_LT": lt, "BRANCH_GTE": gte, "BRANCH_GT": gt,
+                    "BRANCH_EQ": eq, "BRANCH_NEQ": neq, "LEAF": leaf}
+
+    def tree_traversal(bb: Any, op: str, x: Any, tables: dict[str, Any], roots: list[int],
+                       weights: Any, has: Any, aggregate: str, base_values: Any,
+                       how: Any) -> Any:
+        """Tree ensemble inference by traversal: one index per (sample, tree), moved to the
+        true/false child ``depth`` times (leaves point at themselves), then the leaves'
+        per-target weights (``weights``/``has``: [nodes, targets]) aggregated over trees."""
+        x, cd = as_float(bb, x, rows=True)
+        n, n_trees = shape_of(bb, x)[0], len(roots)
+        modes = tables["modes"]
+        true_ids, false_ids = tables["true"], tables["false"]
+        depth = 0
+        for r in roots:  # longest root-to-leaf path (the tables are acyclic)
+            stack = [(r, 0)]
+            while stack:
+                i, d = stack.pop()
+                if modes[i] == leaf:
+                    depth = max(depth, d)
+                    continue
+                if d > len(modes):
+                    raise ConverterError(f"{op}: the trees contain a cycle")
+                stack += [(int(true_ids[i]), d + 1), (int(false_ids[i]), d + 1)]
+        members = tables.get("members")
+        mtt = tables.get("missing_true")
+        used_modes = sorted({int(m) for m in modes if m != leaf})
+        idx: Any = R.broadcast_to(const(np.asarray(roots, "int64").reshape(1, n_trees),
+                                        "int64"), (n, n_trees))
+        feat_t, split_t = const(tables["features"], "int64"), const(tables["splits"], cd)
+        mode_t, true_t, false_t = (const(modes, "int64"), const(true_ids, "int64"),
+                                   const(false_ids, "int64"))
+        for _ in range(depth):
+            idx = bb.normalize(idx)
+            xv = bb.normalize(R.gather_elements(x, R.take(feat_t, idx, axis=0), axis=1))
+            split = bb.normalize(R.take(split_t, idx, axis=0))
+            compare = {leq: R.less_equal, lt: R.less, gte: R.greater_equal, gt: R.greater,
+                       eq: R.equal, neq: R.not_equal}
+            decision: Any = None
+            for m in used_modes:
+                if m == member:
+                    sets = R.take(const(members, cd), idx, axis=0)  # [n, trees, max set]
+                    d = R.max(R.astype(R.equal(R.expand_dims(xv, 2), sets), "int8"), axis=2)
+                    d = R.astype(d, "bool")
+                else:
+                    d = compare[m](xv, split)
+                if decision is None:
+                    decision = d
+                else:
+                    decision = R.where(R.equal(R.take(mode_t, idx, axis=0),
+                                               const(m, "int64")), d, decision)
+            if mtt is not None and mtt.any():
+                missing = R.logical_and(R.isnan(xv),
+                                        R.take(const(mtt, "bool"), idx, axis=0))
+                decision = R.logical_or(decision, missing)
+            idx = R.where(decision, R.take(true_t, idx, axis=0), R.take(false_t, idx, axis=0))
+        idx = bb.normalize(idx)
+        contrib = bb.normalize(R.take(const(weights, cd), idx, axis=0))  # [n, trees, targets]
+        if aggregate in ("SUM", "AVERAGE"):
+            y = R.sum(contrib, axis=1)
+            if aggregate == "AVERAGE":
+                y = R.divide(y, const(float(n_trees), cd))
+        elif aggregate in ("MIN", "MAX"):
+            hit = R.take(const(has, "bool"), idx, axis=0)
+            info = np.finfo(cd)
+            init = const(info.max if aggregate == "MIN" else info.min, cd)
+            masked = R.where(hit, contrib, init)
+            y = R.min(masked, axis=1) if aggregate == "MIN" else R.max(masked, axis=1)
+        else:
+            raise ConverterError(f"{op}: aggregate_function {aggregate!r} is not supported")
+        if base_values is not None and len(base_values):
+            y = R.add(y, const(np.asarray(base_values).astype(cd), cd))
+        return post_transform(op, y, how)
+
+    class TreeEnsemble(base):  # type: ignore[misc, valid-type]
+        """ai.onnx.ml TreeEnsemble (opset 5): leaves are appended after the nodes."""
+
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            op = "TreeEnsemble"
+            splits = ml_attr_array(attr, "nodes_splits")
+            n_nodes = len(splits)
+            lw = ml_attr_array(attr, "leaf_weights")
+            lt_ids = np.asarray(attr["leaf_targetids"], "int64")
+            n_leaves, n_targets = len(lw), int(attr["n_targets"])
+
+            def child(ids: str, leafs: str) -> Any:
+                is_leaf = np.asarray(attr[leafs], "int64").astype(bool)
+                c = np.asarray(attr[ids], "int64")
+                return np.where(is_leaf, c + n_nodes, c)
+
+            k = n_nodes + n_leaves
+            ids = np.arange(k, dtype="int64")
+            true_ids = np.concatenate([child("nodes_truenodeids", "nodes_trueleafs"),
+                                       ids[n_nodes:]])
+            false_ids = np.concatenate([child("nodes_falsenodeids", "nodes_falseleafs"),
+                                        ids[n_nodes:]])
+            modes = np.concatenate([ml_attr_array(attr, "nodes_modes").astype("int64"),
+                                    np.full(n_leaves, leaf, "int64")])
+            features = np.concatenate([np.asarray(attr["nodes_featureids"], "int64"),
+                                       np.zeros(n_leaves, "int64")])
+            splits = np.concatenate([np.nan_to_num(splits.astype(np.float64)),
+                                     np.zeros(n_leaves)])
+            mtt = attr.get("nodes_missing_value_tracks_true")
+            mtt = None if mtt is None else np.concatenate(
+                [np.asarray(mtt, "int64").astype(bool), np.zeros(n_leaves, bool)])
+            members = None
+            if (modes == member).any():
+                values = list(ml_attr_array(attr, "membership_values").astype(np.float64))
+                sets: list[list[float]] = [[] for _ in range(k)]
+                for i in range(n_nodes):  # each member node takes the next NaN-ended run
+                    if modes[i] == member:
+                        while values and not np.isnan(values[0]):
+                            sets[i].append(values.pop(0))
+                        if values:
+                            values.pop(0)
+                width = max(1, max(len(v) for v in sets))
+                members = np.full((k, width), np.nan)
+                for i, v in enumerate(sets):
+                    members[i, :len(v)] = v
+            weights = np.zeros((k, n_targets))
+            has = np.zeros((k, n_targets), bool)
+            for i in range(n_leaves):
+                weights[n_nodes + i, lt_ids[i]] += lw[i]
+                has[n_nodes + i, lt_ids[i]] = True
+            roots = []
+            for r in attr["tree_roots"]:
+                r = int(r)
+                degenerate = (attr["nodes_trueleafs"][r] and attr["nodes_falseleafs"][r]
+                              and attr["nodes_truenodeids"][r] == attr["nodes_falsenodeids"][r])
+                roots.append(n_nodes + r if degenerate else r)
+            aggregate = ["AVERAGE", "SUM", "MIN", "MAX"][int(attr.get("aggregate_function", 1))]
+            how = int(attr.get("post_transform", 0))
+            if how not in (0, 1, 2):
+                raise ConverterError(f"{op}: post_transform {how} is not supported")
+            tables = {"features": features, "splits": splits, "modes": modes,
+                      "true": true_ids, "false": false_ids, "members": members,
+                      "missing_true": mtt}
+            return tree_traversal(bb, op, inputs[0], tables, roots, weights, has, aggregate,
+                                  None, how)
+
+    class TreeEnsembleRegressor(base):  # type: ignore[misc, valid-type]
+        """ai.onnx.ml TreeEnsembleRegressor (opsets 1-3, what skl2onnx writes): node ids are
+        per tree; a leaf may carry several target weights."""
+
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            op = "TreeEnsembleRegressor"
+            tree_ids = np.asarray(attr["nodes_treeids"], "int64")
+            node_ids = np.asarray(attr["nodes_nodeids"], "int64")
+            index = {(int(t), int(nid)): i for i, (t, nid) in enumerate(zip(tree_ids, node_ids))}
+            modes_s = [m.decode() if isinstance(m, bytes) else m for m in attr["nodes_modes"]]
+            if any(m not in legacy_modes for m in modes_s):
+                raise ConverterError(f"{op}: node modes {sorted(set(modes_s))} are not supported")
+            modes = np.asarray([legacy_modes[m] for m in modes_s], "int64")
+            k = len(modes)
+
+            def child(name: str) -> Any:
+                ids = np.asarray(attr.get(name, [0] * k), "int64")
+                return np.asarray([index[(int(t), int(c))] if modes[i] != leaf else i
+                                   for i, (t, c) in enumerate(zip(tree_ids, ids))], "int64")
+
+            splits = ml_attr_array(attr, "nodes_values_as_tensor", "nodes_values")
+            mtt = attr.get("nodes_missing_value_tracks_true")
+            n_targets = int(attr.get("n_targets", 1))
+            tw = ml_attr_array(attr, "target_weights_as_tensor", "target_weights")
+            weights = np.zeros((k, n_targets))
+            has = np.zeros((k, n_targets), bool)
+            for t, nid, tid, w in zip(attr["target_treeids"], attr["target_nodeids"],
+                                      attr["target_ids"], tw):
+                weights[index[(int(t), int(nid))], int(tid)] += w
+                has[index[(int(t), int(nid))], int(tid)] = True
+            roots = [index[(int(t), int(min(nid for tt, nid in index if tt == t)))]
+                     for t in sorted({int(t) for t in tree_ids})]
+            tables = {"features": np.asarray(attr["nodes_featureids"], "int64"),
+                      "splits": np.asarray(splits, np.float64), "modes": modes,
+                      "true": child("nodes_truenodeids"), "false": child("nodes_falsenodeids"),
+                      "missing_true": None if mtt is None else np.asarray(mtt).astype(bool)}
+            base_values = ml_attr_array(attr, "base_values_as_tensor", "base_values")
+            return tree_traversal(bb, op, inputs[0], tables, roots, weights, has,
+                                  text(attr, "aggregate_function", "SUM"), base_values,
+                                  attr.get("post_transform"))
+
     table = {
         "BitCast": BitCast, "BlackmanWindow": BlackmanWindow,
         "CausalConvWithState": CausalConvWithState, "CenterCropPad": CenterCropPad,
@@ -1098,6 +1426,10 @@ def converters(base: type) -> dict[str, type]:
         "QLinearConv": QLinearConv, "QLinearMatMul": QLinearMatMul,
         "ReverseSequence": ReverseSequence, "STFT": STFT, "Scan": Scan, "SwiGLU": SwiGLU,
         "TensorScatter": TensorScatter, "TfIdfVectorizer": TfIdfVectorizer,
+        "ArrayFeatureExtractor": ArrayFeatureExtractor, "Binarizer": Binarizer,
+        "LabelEncoder": LabelEncoder, "LinearRegressor": LinearRegressor,
+        "Normalizer": Normalizer, "Scaler": Scaler, "TreeEnsemble": TreeEnsemble,
+        "TreeEnsembleRegressor": TreeEnsembleRegressor,
     }
     assert set(table) == OPS
     return table

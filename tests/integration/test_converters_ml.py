@@ -1,0 +1,114 @@
+"""Classic-ML (ai.onnx.ml) converters in compiler/converters_extra.py, through edgeforge's real
+compile path, against onnxruntime and ONNX's expected outputs.
+
+The node tests import only the ai.onnx.ml opset, which validation refuses ("no default-domain
+opset"); here each model also imports ai.onnx, as skl2onnx's exports do."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from bench.conformance import TARGET, _cases, _compare, _io
+
+ML_NODE_TESTS = [
+    "test_ai_onnx_ml_array_feature_extractor",
+    "test_ai_onnx_ml_binarizer",
+    "test_ai_onnx_ml_tree_ensemble_set_membership",
+    "test_ai_onnx_ml_tree_ensemble_single_tree",
+]
+
+
+def _run(model, feed, tmp_path):
+    from compiler._build import BuildRequest, build
+    from compiler.prepasses import fold_constants
+    from compiler.validation import validate_model
+    from edgeforge_runtime._vm import VirtualMachine
+
+    validated = validate_model(model.SerializeToString(),
+                               {k: list(v.shape) for k, v in feed.items()})
+    folded, _ = fold_constants(validated.model)
+    out = build(BuildRequest(model_bytes=folded.SerializeToString(), target=TARGET, cc="g++",
+                             out_path=str(tmp_path / "m.so"),
+                             optimize={"measure": False, "candidates": 1}), lambda _: None)
+    vm = VirtualMachine(out.library)
+    return [np.from_dlpack(t) for t in vm.run([feed[i.name] for i in validated.inputs])]
+
+
+def _with_default_opset(model):
+    if not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("", 21))
+    return model
+
+
+@pytest.mark.parametrize("name", ML_NODE_TESTS)
+def test_ml_node_test(name, tmp_path):
+    case = next(c for c in _cases() if c.name == name)
+    feed, expected = _io(case)
+    actual = _run(_with_default_opset(case.model), feed, tmp_path)
+    bad = _compare(actual, expected, case.rtol, case.atol)
+    assert bad is None, bad
+
+
+def _ml_model(nodes, inputs, outputs, ml_opset=3):
+    graph = helper.make_graph(nodes, "ml", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("ai.onnx.ml", ml_opset)])
+    model.ir_version = 8
+    return model
+
+
+def _ort(model, feed):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feed)
+
+
+def test_skl2onnx_style_regressors_match_onnxruntime(tmp_path):
+    """Scaler → TreeEnsembleRegressor (two trees, BRANCH_LEQ/LT, a missing-value branch,
+    base value) beside LinearRegressor, Normalizer and an int64 → float LabelEncoder."""
+    f = TensorProto.FLOAT
+    trees = helper.make_node(
+        "TreeEnsembleRegressor", ["Xs"], ["T"], domain="ai.onnx.ml",
+        nodes_treeids=[0, 0, 0, 0, 0, 1, 1, 1],
+        nodes_nodeids=[0, 1, 2, 3, 4, 0, 1, 2],
+        nodes_featureids=[0, 1, 0, 0, 0, 2, 0, 0],
+        nodes_modes=["BRANCH_LEQ", "BRANCH_LT", "LEAF", "LEAF", "LEAF", "BRANCH_LEQ", "LEAF",
+                     "LEAF"],
+        nodes_values=[0.1, -0.3, 0, 0, 0, 0.5, 0, 0],
+        nodes_truenodeids=[1, 2, 0, 0, 0, 1, 0, 0],
+        nodes_falsenodeids=[4, 3, 0, 0, 0, 2, 0, 0],
+        nodes_missing_value_tracks_true=[1, 0, 0, 0, 0, 0, 0, 0],
+        target_treeids=[0, 0, 0, 0, 1, 1, 1],
+        target_nodeids=[2, 3, 4, 4, 1, 2, 2],
+        target_ids=[0, 0, 0, 1, 1, 0, 1],
+        target_weights=[1.5, -2.0, 0.25, 4.0, 3.0, -1.0, 0.5],
+        n_targets=2, base_values=[0.5, -0.5], aggregate_function="SUM")
+    nodes = [
+        helper.make_node("Scaler", ["X"], ["Xs"], domain="ai.onnx.ml",
+                         offset=[0.1, -0.2, 0.0], scale=[2.0, 0.5, 1.0]),
+        trees,
+        helper.make_node("LinearRegressor", ["X"], ["L"], domain="ai.onnx.ml",
+                         coefficients=[0.5, -1.0, 2.0, 1.0, 1.0, 1.0], intercepts=[0.1, 0.2],
+                         targets=2),
+        helper.make_node("Normalizer", ["X"], ["N"], domain="ai.onnx.ml", norm="L2"),
+        helper.make_node("LabelEncoder", ["C"], ["E"], domain="ai.onnx.ml",
+                         keys_int64s=[3, 1, 7], values_floats=[0.5, 1.5, 2.5],
+                         default_float=-1.0),
+    ]
+    model = _ml_model(nodes, [helper.make_tensor_value_info("X", f, [6, 3]),
+                              helper.make_tensor_value_info("C", TensorProto.INT64, [6])],
+                      [helper.make_tensor_value_info(n, f, s) for n, s in
+                       [("T", [6, 2]), ("L", [6, 2]), ("N", [6, 3]), ("E", [6])]])
+    nan = np.nan
+    # every leaf is reached; row 2 holds the x2 <= 0.5 boundary; row 3's NaN takes tree 0's
+    # missing-value (true) branch, its other NaN tree 1's false branch
+    x = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.3, 0.5], [nan, 0.4, nan],
+                  [-3.0, 2.0, -2.0], [0.7, -2.0, 0.2]], np.float32)
+    feed = {"X": x, "C": np.array([3, 1, 7, 0, 3, -2], np.int64)}
+    expected = _ort(model, feed)
+    actual = _run(model, feed, tmp_path)
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a, e.reshape(a.shape), rtol=1e-5, atol=1e-6)
