@@ -30,7 +30,8 @@ WRAPPED_OPS = frozenset({"Clip", "Attention", "LayerNormalization", "Resize", "U
                          "BatchNormalization", "ReduceMax", "ReduceMin", "Softmax", "MatMul",
                          "Elu", "NonMaxSuppression", "EyeLike", "SpaceToDepth",
                          "ConvTranspose", "MaxPool", "Unsqueeze", "OptionalHasElement",
-                         "MaxUnpool", "QuantizeLinear", "DequantizeLinear"})
+                         "MaxUnpool", "QuantizeLinear", "DequantizeLinear", "Reshape",
+                         "Split"})
 
 _installed: dict[str, bool] = {}
 
@@ -57,9 +58,8 @@ def install() -> None:
 
     def from_onnx(self, graph, opset):  # type: ignore[no-untyped-def]
         mod = importer(self, graph, opset)
-        # Only with edgeforge's table active (bench/conformance.py swaps TVM's own back in to
-        # measure raw TVM).
-        return materialize_zero_size(mod) if fe._get_convert_map is convert_map else mod
+        # Not while TVM's own table is swapped back in (bench/conformance.py measures raw TVM).
+        return mod if fe._get_convert_map is original else materialize_zero_size(mod)
 
     fe.ONNXGraphImporter.from_onnx = from_onnx
     _installed["done"] = True
@@ -1193,6 +1193,52 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
 
             return convert
 
+    class Reshape(base):  # type: ignore[misc, valid-type]
+        """allowzero=1 with a 0 in a constant shape: a zero-size result of a static shape (TVM
+        turns the shape into symbolic dimensions, and relax's reshape reads 0 as "copy")."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            inner = tvm_table["Reshape"].get_converter(opset)
+
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                import numpy as np
+
+                shape = const_value(inputs[1], params)
+                if (not int(attr.get("allowzero", 0)) or shape is None
+                        or 0 not in shape.tolist() or isinstance(inputs[0], relax.ShapeExpr)):
+                    return inner(bb, inputs, attr, params)
+                out = np.empty(shape_of(bb, inputs[0]), dtype="int8").reshape(shape.tolist())
+                return R.zeros(out.shape, dtype_of(bb, inputs[0]))
+
+            return convert
+
+    class Split(base):  # type: ignore[misc, valid-type]
+        """Constant split sizes holding a 0 (empty outputs): one slice per output (TVM's split
+        needs strictly increasing indices)."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            inner = tvm_table["Split"].get_converter(opset)
+
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                import numpy as np
+
+                if opset < 13:
+                    sizes = attr.get("split")
+                else:
+                    sizes = (const_value(inputs[1], params)
+                             if len(inputs) > 1 and inputs[1] is not None else None)
+                if sizes is None or 0 not in np.asarray(sizes).tolist():
+                    return inner(bb, inputs, attr, params)
+                x = inputs[0]
+                axis = int(attr.get("axis", 0)) % len(shape_of(bb, x))
+                ends = np.cumsum(np.asarray(sizes, "int64")).tolist()
+                return relax.Tuple([bb.normalize(R.strided_slice(x, [axis], [e - n], [e]))
+                                    for e, n in zip(ends, np.asarray(sizes).tolist())])
+
+            return convert
+
     class OptionalHasElement(base):  # type: ignore[misc, valid-type]
         """No input at all is an empty optional."""
 
@@ -1303,7 +1349,7 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
     return {"Clip": Clip, "Softmax": Softmax, "MatMul": MatMul, "Elu": Elu, "EyeLike": EyeLike,
             "OptionalHasElement": OptionalHasElement, "MaxUnpool": MaxUnpool,
             "QuantizeLinear": QuantizeLinear, "DequantizeLinear": DequantizeLinear,
-            "Unsqueeze": Unsqueeze,
+            "Unsqueeze": Unsqueeze, "Reshape": Reshape, "Split": Split,
             "MaxPool": MaxPool,
             "ConvTranspose": ConvTranspose,
             "SpaceToDepth": SpaceToDepth,
