@@ -348,6 +348,21 @@ def _fix_inputs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> N
     model.graph.input.extend(keep)
 
 
+def _unwrap_optional_inputs(model: onnx.ModelProto) -> list[str]:
+    """Graph inputs of type optional(tensor) become plain tensor inputs: a device always feeds
+    a value (an artifact has no way to pass "absent"), so OptionalHasElement is true and
+    OptionalGetElement is the tensor. Returns the names rewritten."""
+    names = []
+    for vi in model.graph.input:
+        if vi.type.HasField("optional_type") and \
+                vi.type.optional_type.elem_type.HasField("tensor_type"):
+            tensor = onnx.TypeProto()
+            tensor.CopyFrom(vi.type.optional_type.elem_type)
+            vi.type.CopyFrom(tensor)
+            names.append(vi.name)
+    return names
+
+
 def _freeze_inputs(model: onnx.ModelProto, constants: dict[str, Any],
                    logical: dict[str, str] | None = None) -> None:
     """Turn the named graph inputs into initializers holding the given values (cast to the
@@ -406,6 +421,9 @@ def validate_model(
     except (onnx.checker.ValidationError, ValueError) as e:
         first = str(e).strip().splitlines()[0][:500] if str(e).strip() else type(e).__name__
         raise InvalidModelError(f"the ONNX checker rejects the model: {first}") from e
+    unwrapped = _unwrap_optional_inputs(model)
+    if unwrapped:
+        notes.append(f"optional input(s) {unwrapped} are always present on the device")
     logical = {vi.name: lowbit.logical_dtype(vi.type.tensor_type.elem_type)
                for vi in [*model.graph.input, *model.graph.output]}
     logical = {k: v for k, v in logical.items() if v}

@@ -13,7 +13,7 @@ import sys
 def main(argv: list[str]) -> int:
     import numpy as np
 
-    from ._vm import VirtualMachine
+    from ._vm import VirtualMachine, to_numpy
 
     lib, in_path, out_path = argv[:3]
     device = argv[3] if len(argv) > 3 else "cpu"
@@ -21,7 +21,9 @@ def main(argv: list[str]) -> int:
         names = [str(n) for n in data["__order__"]]
         inputs = [np.ascontiguousarray(data[n]) for n in names]
     vm = VirtualMachine(lib, device=device)
-    outputs = [np.from_dlpack(t).copy() for t in vm.run(inputs)]
+    # bfloat16 outputs as float32 (exact): .npz cannot hold ml_dtypes arrays.
+    outputs = [to_numpy(t).astype(np.float32) if str(t.dtype) == "bfloat16"
+               else to_numpy(t).copy() for t in vm.run(inputs)]
     np.savez(out_path, *outputs)
     return 0
 

@@ -158,3 +158,53 @@ def test_data_dependent_graph_outputs_are_named():
     data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
     with pytest.raises(UnsupportedOperatorError, match=r"NonZero \(nz\): its output shape depends"):
         validate_model(data)
+
+
+def _lowbit_model() -> bytes:
+    """float8 input, an int4 initializer (ONNX packs two per byte), int4 output."""
+    import ml_dtypes
+    import numpy as np
+
+    w = numpy_helper.from_array(np.array([-8, 7, -1], ml_dtypes.int4), "w")
+    nodes = [helper.make_node("DequantizeLinear", ["w", "s"], ["wf"]),
+             helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+             helper.make_node("Add", ["xf", "wf"], ["y"]),
+             helper.make_node("Cast", ["y"], ["q"], to=TensorProto.INT4)]
+    g = helper.make_graph(nodes, "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT8E4M3FN, [3])],
+                          [helper.make_tensor_value_info("q", TensorProto.INT4, [3])],
+                          [w, numpy_helper.from_array(np.array(2.0, np.float32), "s")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    m.ir_version = 10
+    return m.SerializeToString()
+
+
+def test_low_bit_types_are_lowered_to_storage_with_logical_dtypes_recorded():
+    import numpy as np
+
+    v = validate_model(_lowbit_model())
+    assert [(t.name, t.dtype) for t in v.inputs] == [("x", "float8_e4m3fn")]
+    assert [(t.name, t.dtype) for t in v.outputs] == [("q", "int4")]
+    g = v.model.graph
+    assert g.input[0].type.tensor_type.elem_type == TensorProto.UINT8
+    assert g.output[0].type.tensor_type.elem_type == TensorProto.INT8
+    w = next(t for t in g.initializer if t.name == "w")
+    np.testing.assert_array_equal(numpy_helper.to_array(w), np.array([-8, 7, -1], np.int8))
+    ops = [(n.domain, n.op_type) for n in g.node]
+    assert ops == [("ai.edgeforge", "EdgeforgeLowBitDequantize"),
+                   ("ai.edgeforge", "EdgeforgeLowBitCast"), ("", "Add"),
+                   ("ai.edgeforge", "EdgeforgeLowBitCast")]
+    assert any("3 low-bit conversion node(s)" in n for n in v.notes)
+
+
+def test_optional_tensor_inputs_become_tensor_inputs():
+    vi = helper.make_tensor_value_info("o", TensorProto.FLOAT, [4])
+    opt = onnx.ValueInfoProto(name="o")
+    opt.type.optional_type.elem_type.CopyFrom(vi.type)
+    g = helper.make_graph([helper.make_node("OptionalGetElement", ["o"], ["y"])], "g", [opt],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 8
+    v = validate_model(m.SerializeToString())
+    assert [(t.name, t.shape, t.dtype) for t in v.inputs] == [("o", (4,), "float32")]
+    assert any("always present" in n for n in v.notes)
