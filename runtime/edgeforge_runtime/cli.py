@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .archive import open_artifact, read_manifest
 from .compat import check_compatible, host_arch
+from .dtypes import ML_DTYPES
 from .exceptions import ArtifactError, EdgeforgeRuntimeError, RuntimeLoadError
 from .manifest import RUNTIME_ABI, Manifest, TensorSpec
 from .signature import TrustedKeys, load_signatures
@@ -304,6 +305,14 @@ def _feed(specs: Sequence[str], sess: InferenceSession, random_seed: int | None
                     f"({', '.join(i.name for i in inputs)}); write NAME=FILE.npy")
             name = inputs[0].name
         feed[name] = data
+    # .npy/.npz store ml_dtypes arrays (bfloat16, float8, int4, ...) as raw bytes ("|V1"):
+    # read them back as the input's dtype.
+    for i in inputs:
+        arr = feed.get(i.name)
+        if arr is not None and arr.dtype.kind == "V" and i.dtype in ML_DTYPES:
+            want = np.dtype(i.dtype)
+            if arr.dtype.itemsize == want.itemsize:
+                feed[i.name] = arr.view(want)
     return feed
 
 

@@ -81,3 +81,21 @@ def test_loading_a_low_bit_artifact_without_ml_dtypes(artifacts, helpers, test_k
     monkeypatch.setitem(sys.modules, "ml_dtypes", None)
     with pytest.raises(MissingDependencyError, match=r"bfloat16.*edgeforge-runtime\[lowbit\]"):
         InferenceSession(path, [test_key.pem_path])
+
+
+def test_cli_reads_ml_dtypes_arrays_back_from_npy(tmp_path) -> None:
+    """np.save stores ml_dtypes arrays as raw bytes ("|V2"); `run --input` views them as the
+    input's dtype again."""
+    from edgeforge_runtime.cli import _feed
+    from edgeforge_runtime.session import NodeArg
+
+    x = np.array([1.5, -2.0], ml_dtypes.bfloat16)
+    np.save(tmp_path / "x.npy", x)
+
+    class Session:
+        def get_inputs(self):
+            return [NodeArg("x", [2], "tensor(bfloat16)", "bfloat16")]
+
+    feed = _feed([f"x={tmp_path / 'x.npy'}"], Session(), None)  # type: ignore[arg-type]
+    assert feed["x"].dtype == ml_dtypes.bfloat16
+    np.testing.assert_array_equal(feed["x"], x)
