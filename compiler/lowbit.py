@@ -156,8 +156,7 @@ def _types(model: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
-def _mentions_lowbit(model: onnx.ModelProto) -> bool:
-    g = model.graph
+def _mentions_lowbit(g: onnx.GraphProto) -> bool:
     if any(t.data_type in LOWBIT_TYPES for t in g.initializer):
         return True
     for vi in [*g.input, *g.output, *g.value_info]:
@@ -169,13 +168,21 @@ def _mentions_lowbit(model: onnx.ModelProto) -> bool:
                 return True
             if a.HasField("t") and a.t.data_type in LOWBIT_TYPES:
                 return True
+            if any(_mentions_lowbit(sub) for sub in _subgraphs(a)):
+                return True
     return False
+
+
+def _subgraphs(attr: onnx.AttributeProto) -> list[onnx.GraphProto]:
+    if attr.type == onnx.AttributeProto.GRAPH:
+        return [attr.g]
+    return list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
 
 
 def lower_lowbit(model: onnx.ModelProto) -> int:
     """Rewrite ``model`` in place (see the module docstring); return the number of nodes
     replaced by :data:`DOMAIN` nodes. A model without low-bit types is left untouched."""
-    if not _mentions_lowbit(model):
+    if not _mentions_lowbit(model.graph):
         return 0
     types = _types(model)
     g = model.graph
@@ -234,11 +241,9 @@ def lower_lowbit(model: onnx.ModelProto) -> int:
                     f"node {label} ({node.op_type}) computes on {touched[0]!r} of type {name}: "
                     "low-bit tensors are supported as inputs and outputs of Cast, CastLike, "
                     "QuantizeLinear and DequantizeLinear only; cast to float first")
-            for attr in node.attribute:
-                if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) and \
-                        _mentions_lowbit(onnx.helper.make_model(attr.g)):
-                    raise InvalidModelError(f"node {label}: low-bit types inside subgraphs are "
-                                            "not supported")
+            if any(_mentions_lowbit(sub) for a in node.attribute for sub in _subgraphs(a)):
+                raise InvalidModelError(f"node {label} ({node.op_type}): low-bit types inside "
+                                        "subgraphs are not supported")
         if new is not None:
             replaced += 1
             new_nodes.append(new)

@@ -208,3 +208,22 @@ def test_optional_tensor_inputs_become_tensor_inputs():
     v = validate_model(m.SerializeToString())
     assert [(t.name, t.shape, t.dtype) for t in v.inputs] == [("o", (4,), "float32")]
     assert any("always present" in n for n in v.notes)
+
+
+def test_low_bit_types_in_subgraphs_are_refused_by_node():
+    branch = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["b"], to=TensorProto.FLOAT8E5M2),
+         helper.make_node("Cast", ["b"], ["y_then"], to=TensorProto.FLOAT)], "then", [],
+        [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, [2])])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["y_else"])], "else", [],
+                              [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, [2])])
+    g = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], name="branchy", then_branch=branch,
+                          else_branch=other)], "g",
+        [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    m.ir_version = 10
+    with pytest.raises(InvalidModelError, match=r"branchy \(If\): low-bit types inside subgraphs"):
+        validate_model(m.SerializeToString())
