@@ -31,7 +31,7 @@ WRAPPED_OPS = frozenset({"Clip", "Attention", "LayerNormalization", "Resize", "U
                          "Elu", "NonMaxSuppression", "EyeLike", "SpaceToDepth",
                          "ConvTranspose", "MaxPool", "Unsqueeze", "OptionalHasElement",
                          "MaxUnpool", "QuantizeLinear", "DequantizeLinear", "Reshape",
-                         "Split"})
+                         "Split", "Conv", "TopK"})
 
 _installed: dict[str, bool] = {}
 
@@ -979,8 +979,10 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
         return Reduce
 
     class Softmax(base):  # type: ignore[misc, valid-type]
-        """float16: computed in float32 and rounded once (ONNX's reference and onnxruntime are
-        within one ulp of that; TVM's half-precision exp/sum drift further)."""
+        """float16 (TVM's half-precision exp/sum drift several ulps): opset 13+ follows ONNX's
+        reference step by step, each step computed in float32 and rounded to float16 as numpy
+        does (max shift, exp, a sum accumulated in float32, the division); rounding only once
+        differs from it by one ulp in places. Opsets < 13 (2-D coercion): float32, rounded once."""
 
         @classmethod
         def get_converter(cls, opset: int) -> Any:
@@ -991,7 +993,17 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
                 if dtype != "float16":
                     return inner(bb, inputs, attr, params)
                 x = bb.normalize(R.astype(inputs[0], "float32"))
-                return R.astype(bb.normalize(inner(bb, [x], attr, params)), dtype)
+                if opset < 13:
+                    return R.astype(bb.normalize(inner(bb, [x], attr, params)), dtype)
+
+                def half(v: Any) -> Any:  # round to float16, continue in float32
+                    return bb.normalize(R.astype(R.astype(v, dtype), "float32"))
+
+                axis = int(attr.get("axis", -1))
+                t = half(R.subtract(x, R.max(x, axis=[axis], keepdims=True)))
+                e = half(R.exp(t))
+                total = half(R.sum(e, axis=[axis], keepdims=True))
+                return R.astype(R.divide(e, total), dtype)
 
             return convert
 
@@ -1007,6 +1019,49 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
                 if dtype_of(bb, a) != "float16" or dtype_of(bb, b) != "float16":
                     return inner(bb, inputs, attr, params)
                 return R.astype(R.matmul(a, b, out_dtype="float32"), "float16")
+
+            return convert
+
+    class Conv(base):  # type: ignore[misc, valid-type]
+        """float16: computed in float32 and rounded once (TVM's half-precision convolution
+        accumulates in float16, several ulps from ONNX's result)."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            inner = tvm_table["Conv"].get_converter(opset)
+
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                if dtype_of(bb, inputs[0]) != "float16":
+                    return inner(bb, inputs, attr, params)
+                from tvm.relax.frontend.onnx.onnx_frontend import onnx_input
+
+                wide = onnx_input([None if i is None else bb.normalize(R.astype(i, "float32"))
+                                   for i in inputs])
+                return R.astype(bb.normalize(inner(bb, wide, attr, params)), "float16")
+
+            return convert
+
+    class TopK(base):  # type: ignore[misc, valid-type]
+        """uint64 (TVM's sort kernels refuse it): sorted as int64 with the sign bit flipped,
+        which keeps the order, and flipped back."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            inner = tvm_table["TopK"].get_converter(opset)
+
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                from tvm import topi
+
+                if dtype_of(bb, inputs[0]) != "uint64":
+                    return inner(bb, inputs, attr, params)
+                sign = relax.const(-(1 << 63), "int64")
+                xi = bb.normalize(R.bitwise_xor(
+                    bb.call_te(topi.reinterpret, inputs[0], "int64"), sign))
+                out = bb.normalize(inner(bb, [xi, *list(inputs)[1:]], attr, params))
+                values = bb.emit(relax.TupleGetItem(out, 0))
+                back = bb.call_te(topi.reinterpret, bb.normalize(R.bitwise_xor(values, sign)),
+                                  "uint64")
+                return relax.Tuple([back, bb.emit(relax.TupleGetItem(out, 1))])
 
             return convert
 
@@ -1254,19 +1309,31 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
             return convert
 
     class MaxUnpool(base):  # type: ignore[misc, valid-type]
-        """A constant output_shape input (TVM's converter expects a numpy array)."""
+        """A constant output_shape (TVM scatters into it, reading the indices against it): as
+        ONNX's reference, the indices address the inferred unpooled shape, and the result is
+        padded with zeros at the end of each axis up to output_shape."""
 
         @classmethod
         def get_converter(cls, opset: int) -> Any:
             inner = tvm_table["MaxUnpool"].get_converter(opset)
 
             def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
-                if len(inputs) > 2 and inputs[2] is not None:
-                    shape = const_value(inputs[2], params)
-                    if shape is None:
-                        raise ConverterError("MaxUnpool: output_shape must be a constant")
-                    inputs = [*inputs[:2], shape.astype("int64")]
-                return inner(bb, inputs, attr, params)
+                if len(inputs) < 3 or inputs[2] is None:
+                    return inner(bb, [*inputs[:2], None], attr, params)
+                shape = const_value(inputs[2], params)
+                if shape is None:
+                    raise ConverterError("MaxUnpool: output_shape must be a constant")
+                y = bb.normalize(inner(bb, [*inputs[:2], None], attr, params))
+                inferred = shape_of(bb, y)
+                target = [int(v) for v in shape.reshape(-1)]
+                if len(target) != len(inferred) or any(
+                        t < i for t, i in zip(target, inferred)):
+                    raise ConverterError(f"MaxUnpool: output_shape {target} is smaller than "
+                                         f"the unpooled shape {inferred}")
+                if target == inferred:
+                    return y
+                width = [v for t, i in zip(target, inferred) for v in (0, t - i)]
+                return R.nn.pad(y, width)
 
             return convert
 
@@ -1349,7 +1416,7 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
     return {"Clip": Clip, "Softmax": Softmax, "MatMul": MatMul, "Elu": Elu, "EyeLike": EyeLike,
             "OptionalHasElement": OptionalHasElement, "MaxUnpool": MaxUnpool,
             "QuantizeLinear": QuantizeLinear, "DequantizeLinear": DequantizeLinear,
-            "Unsqueeze": Unsqueeze, "Reshape": Reshape, "Split": Split,
+            "Unsqueeze": Unsqueeze, "Reshape": Reshape, "Split": Split, "Conv": Conv, "TopK": TopK,
             "MaxPool": MaxPool,
             "ConvTranspose": ConvTranspose,
             "SpaceToDepth": SpaceToDepth,

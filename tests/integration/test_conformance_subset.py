@@ -50,6 +50,10 @@ CASES = [
     "test_batchnorm_example_training_mode",
     "test_reshape_allowzero_reordered",  # allowzero, a 0 in a frozen shape: zero-size output
     "test_split_zero_size_splits_opset18",  # empty pieces: one slice each
+    "test_attention_4d_causal_fp16_expanded",  # float16 Softmax rounded step by step
+    "test_causal_conv_with_state_silu_fp16_expanded",  # float16 Conv in float32
+    "test_top_k_uint64",                 # sorted as int64, sign bit flipped
+    "test_maxunpool_export_with_output_shape",  # indices against the inferred shape, padded
 ]
 
 
