@@ -201,6 +201,20 @@ def _opset(model: onnx.ModelProto) -> int:
     return opset
 
 
+def _add_default_opset(model: onnx.ModelProto) -> str | None:
+    """A model that imports only other domains (ai.onnx.ml exports of classic models) has no
+    ai.onnx node, so any ai.onnx opset describes it: import the newest, for the frontend, and
+    return a note for the record. Models without any import are left to :func:`_opset`."""
+    domains = {o.domain or "ai.onnx" for o in model.opset_import}
+    if not domains or "ai.onnx" in domains:
+        return None
+    if any((n.domain or "ai.onnx") == "ai.onnx" for n, _ in _walk_nodes(model.graph)):
+        return None  # the checker names the missing import
+    model.opset_import.append(onnx.helper.make_opsetid("", MAX_OPSET))
+    return (f"the model imports only {', '.join(sorted(domains))}: ai.onnx opset {MAX_OPSET} "
+            "added (it has no ai.onnx node)")
+
+
 def _upgrade_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     """Models below :data:`MIN_OPSET` are converted to it with ONNX's version converter (the
     converter the error message would otherwise tell the user to run); returns the model and a
@@ -413,8 +427,9 @@ def validate_model(
         raise NotOnnxError("the file is empty")
     model = _parse(data)
     _check_external_data(model)
+    added = _add_default_opset(model)
     model, upgraded = _upgrade_opset(model)
-    notes = [upgraded] if upgraded else []
+    notes = [n for n in (added, upgraded) if n]
     opset = _opset(model)
     try:
         onnx.checker.check_model(model, full_check=False)

@@ -227,3 +227,19 @@ def test_low_bit_types_in_subgraphs_are_refused_by_node():
     m.ir_version = 10
     with pytest.raises(InvalidModelError, match=r"branchy \(If\): low-bit types inside subgraphs"):
         validate_model(m.SerializeToString())
+
+
+def test_models_importing_only_other_domains_get_a_default_opset():
+    """ai.onnx.ml-only exports have no ai.onnx node: the default import is added, and noted."""
+    node = helper.make_node("Binarizer", ["x"], ["y"], domain="ai.onnx.ml", threshold=0.5)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("ai.onnx.ml", 3)])
+    m.ir_version = 8
+    v = validate_model(m.SerializeToString())
+    assert v.opset == onnx.defs.onnx_opset_version()
+    assert any("imports only ai.onnx.ml" in n for n in v.notes)
+    with pytest.raises(OpsetError, match="no default-domain"):
+        m2 = helper.make_model(g, opset_imports=[])
+        m2.ir_version = 8
+        validate_model(m2.SerializeToString())
