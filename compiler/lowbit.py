@@ -179,6 +179,20 @@ def _subgraphs(attr: onnx.AttributeProto) -> list[onnx.GraphProto]:
     return list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
 
 
+def _check_untouched(node: onnx.NodeProto, label: str, types: dict[str, int]) -> None:
+    """Refuse a node that would compute on a low-bit tensor's storage."""
+    touched = [n for n in [*node.input, *node.output] if n and types.get(n) in LOWBIT_TYPES]
+    if touched:
+        name = onnx.TensorProto.DataType.Name(types[touched[0]])
+        raise InvalidModelError(
+            f"node {label} ({node.op_type}) computes on {touched[0]!r} of type {name}: "
+            "low-bit tensors are supported as inputs and outputs of Cast, CastLike, "
+            "QuantizeLinear and DequantizeLinear only; cast to float first")
+    if any(_mentions_lowbit(sub) for a in node.attribute for sub in _subgraphs(a)):
+        raise InvalidModelError(f"node {label} ({node.op_type}): low-bit types inside "
+                                "subgraphs are not supported")
+
+
 def lower_lowbit(model: onnx.ModelProto) -> int:
     """Rewrite ``model`` in place (see the module docstring); return the number of nodes
     replaced by :data:`DOMAIN` nodes. A model without low-bit types is left untouched."""
@@ -191,13 +205,11 @@ def lower_lowbit(model: onnx.ModelProto) -> int:
     for i, node in enumerate(g.node):
         label = node.name or f"{node.op_type}_{i}"
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        domain = node.domain or "ai.onnx"
-        if domain != "ai.onnx":
-            new_nodes.append(node)
-            continue
         src = types.get(node.input[0]) if node.input else None
         new = None
-        if node.op_type in ("Cast", "CastLike"):
+        if (node.domain or "ai.onnx") != "ai.onnx":
+            _check_untouched(node, label, types)
+        elif node.op_type in ("Cast", "CastLike"):
             to = attrs.get("to") if node.op_type == "Cast" else types.get(node.input[1])
             if to is None:
                 raise InvalidModelError(f"{label}: the target type of the CastLike is unknown")
@@ -232,18 +244,8 @@ def lower_lowbit(model: onnx.ModelProto) -> int:
             for a in node.attribute:
                 if a.HasField("t"):
                     _store_tensor(a.t)
-        else:
-            touched = [n for n in [*node.input, *node.output]
-                       if n and types.get(n) in LOWBIT_TYPES]
-            if touched and node.op_type not in _MOVERS:
-                name = onnx.TensorProto.DataType.Name(types[touched[0]])
-                raise InvalidModelError(
-                    f"node {label} ({node.op_type}) computes on {touched[0]!r} of type {name}: "
-                    "low-bit tensors are supported as inputs and outputs of Cast, CastLike, "
-                    "QuantizeLinear and DequantizeLinear only; cast to float first")
-            if any(_mentions_lowbit(sub) for a in node.attribute for sub in _subgraphs(a)):
-                raise InvalidModelError(f"node {label} ({node.op_type}): low-bit types inside "
-                                        "subgraphs are not supported")
+        elif node.op_type not in _MOVERS:
+            _check_untouched(node, label, types)
         if new is not None:
             replaced += 1
             new_nodes.append(new)
