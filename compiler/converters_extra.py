@@ -21,22 +21,24 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["DOMAINS", "ML_OPS", "OPS", "converters"]
+__all__ = ["DOMAINS", "ML_OPS", "OPS", "TRAINING_OPS", "converters"]
 
+#: Classic-ML operators (skl2onnx exports): the ai.onnx.ml domain.
+ML_OPS: frozenset[str] = frozenset({
+    "ArrayFeatureExtractor", "Binarizer", "LabelEncoder", "LinearRegressor", "Normalizer",
+    "Scaler", "TreeEnsemble", "TreeEnsembleRegressor"})
+#: Optimizer update steps: the ai.onnx.preview.training domain.
+TRAINING_OPS: frozenset[str] = frozenset({"Adagrad", "Adam", "Momentum"})
 OPS: frozenset[str] = frozenset({
     "BitCast", "BlackmanWindow", "CausalConvWithState", "CenterCropPad", "Col2Im", "ConvInteger",
     "DFT", "DeformConv", "Det", "DynamicQuantizeLSTM", "FlexAttention", "HammingWindow", "HannWindow",
     "LinearAttention", "Loop", "MelWeightMatrix", "QLinearConv", "QLinearMatMul",
     "ReverseSequence", "STFT", "Scan", "SwiGLU", "TensorScatter", "TfIdfVectorizer",
-} | {"ArrayFeatureExtractor", "Binarizer", "LabelEncoder", "LinearRegressor", "Normalizer",
-     "Scaler", "TreeEnsemble", "TreeEnsembleRegressor"})
-#: Classic-ML operators (skl2onnx exports): the ai.onnx.ml domain.
-ML_OPS: frozenset[str] = frozenset({
-    "ArrayFeatureExtractor", "Binarizer", "LabelEncoder", "LinearRegressor", "Normalizer",
-    "Scaler", "TreeEnsemble", "TreeEnsembleRegressor"})
+}) | ML_OPS | TRAINING_OPS
 #: Operators of OPS that live in another ONNX domain than ai.onnx (the pre-flight must accept
 #: ``domain::op`` for these).
 DOMAINS: dict[str, str] = {"FlexAttention": "ai.onnx.preview",
+                           **{op: "ai.onnx.preview.training" for op in TRAINING_OPS},
                            **{op: "ai.onnx.ml" for op in ML_OPS}}
 
 # ONNX TensorProto data types → TVM dtype names (those the runtime can hand over).
@@ -1095,6 +1097,91 @@ def converters(base: type) -> dict[str, type]:
             return relax.Tuple(results) if len(results) > 1 else results[0]
 
 
+
+    # ---------------------------------------------------------------- optimizers
+    # (ai.onnx.preview.training: one update step; several tensors share R and T)
+
+    def optimizer_step(bb: Any, op: str, inputs: list[Any], groups: int, step: Any) -> Any:
+        """Split ``[R, T, X..., G..., (V...), (H...)]`` into per-tensor groups, run ``step``
+        (in float64, as ONNX's reference mixes float32 with int64 T and float attributes) and
+        return the outputs grouped by kind: all new X, then all new V/H."""
+        f64 = "float64"
+        r = R.astype(inputs[0], f64)
+        t = R.astype(inputs[1], f64)
+        rest = list(inputs)[2:]
+        n = len(rest) // groups
+        if not n or n * groups != len(rest):
+            raise ConverterError(f"{op}: expected {groups} inputs per optimized tensor")
+        outs: list[list[Any]] = []
+        for i in range(n):
+            parts = [rest[k * n + i] for k in range(groups)]
+            new = step(r, t, *[R.astype(v, f64) for v in parts])
+            outs.append([bb.normalize(R.astype(v, dtype_of(bb, parts[j])))
+                         for j, v in enumerate(new)])
+        return relax.Tuple([o[k] for k in range(len(outs[0])) for o in outs])
+
+    def scalar(v: float) -> Any:
+        return const(v, "float64")
+
+    class Adagrad(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            decay, eps = float(attr.get("decay_factor", 0.0)), float(attr.get("epsilon", 0.0))
+            norm = float(attr.get("norm_coefficient", 0.0))
+
+            def step(r, t, x, g, h):  # type: ignore[no-untyped-def]
+                rate = R.divide(r, R.add(scalar(1.0), R.multiply(t, scalar(decay))))
+                gr = R.add(R.multiply(scalar(norm), x), g)
+                h_new = bb.normalize(R.add(h, R.multiply(gr, gr)))
+                x_new = R.subtract(x, R.divide(R.multiply(rate, gr),
+                                               R.add(R.sqrt(h_new), scalar(eps))))
+                return [x_new, h_new]
+
+            return optimizer_step(bb, "Adagrad", inputs, 3, step)
+
+    class Adam(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            alpha, beta = float(attr.get("alpha", 0.9)), float(attr.get("beta", 0.999))
+            eps = float(attr.get("epsilon", 0.0))
+            norm = float(attr.get("norm_coefficient", 0.0))
+            post = float(attr.get("norm_coefficient_post", 0.0))
+
+            def step(r, t, x, g, v, h):  # type: ignore[no-untyped-def]
+                gr = bb.normalize(R.add(R.multiply(scalar(norm), x), g))
+                v_new = bb.normalize(R.add(R.multiply(scalar(alpha), v),
+                                           R.multiply(scalar(1 - alpha), gr)))
+                h_new = bb.normalize(R.add(R.multiply(scalar(beta), h),
+                                           R.multiply(scalar(1 - beta), R.multiply(gr, gr))))
+                corrected = R.divide(
+                    R.multiply(r, R.sqrt(R.subtract(scalar(1.0), R.power(scalar(beta), t)))),
+                    R.subtract(scalar(1.0), R.power(scalar(alpha), t)))
+                rate = R.where(R.greater(t, scalar(0.0)), corrected, r)
+                x_new = R.subtract(x, R.multiply(rate, R.divide(
+                    v_new, R.add(R.sqrt(h_new), scalar(eps)))))
+                return [R.multiply(scalar(1 - post), x_new), v_new, h_new]
+
+            return optimizer_step(bb, "Adam", inputs, 4, step)
+
+    class Momentum(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            alpha, beta = float(attr["alpha"]), float(attr["beta"])
+            norm = float(attr["norm_coefficient"])
+            mode = text(attr, "mode", "standard")
+            if mode not in ("standard", "nesterov"):
+                raise ConverterError(f"Momentum: mode {mode!r} is not supported")
+
+            def step(r, t, x, g, v):  # type: ignore[no-untyped-def]
+                gr = bb.normalize(R.add(R.multiply(scalar(norm), x), g))
+                b = R.where(R.greater(t, scalar(0.0)), scalar(beta), scalar(1.0))
+                v_new = bb.normalize(R.add(R.multiply(scalar(alpha), v), R.multiply(b, gr)))
+                move = v_new if mode == "standard" else R.add(gr, R.multiply(scalar(alpha),
+                                                                             v_new))
+                return [R.subtract(x, R.multiply(r, move)), v_new]
+
+            return optimizer_step(bb, "Momentum", inputs, 3, step)
+
     # ---------------------------------------------------------------- classic ML (ai.onnx.ml)
 
     def ml_attr_array(attr: dict[str, Any], *names: str) -> Any:
@@ -1426,6 +1513,7 @@ def converters(base: type) -> dict[str, type]:
         "QLinearConv": QLinearConv, "QLinearMatMul": QLinearMatMul,
         "ReverseSequence": ReverseSequence, "STFT": STFT, "Scan": Scan, "SwiGLU": SwiGLU,
         "TensorScatter": TensorScatter, "TfIdfVectorizer": TfIdfVectorizer,
+        "Adagrad": Adagrad, "Adam": Adam, "Momentum": Momentum,
         "ArrayFeatureExtractor": ArrayFeatureExtractor, "Binarizer": Binarizer,
         "LabelEncoder": LabelEncoder, "LinearRegressor": LinearRegressor,
         "Normalizer": Normalizer, "Scaler": Scaler, "TreeEnsemble": TreeEnsemble,

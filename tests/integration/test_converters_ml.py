@@ -1,8 +1,9 @@
-"""Classic-ML (ai.onnx.ml) converters in compiler/converters_extra.py, through edgeforge's real
-compile path, against onnxruntime and ONNX's expected outputs.
+"""Classic-ML (ai.onnx.ml) and optimizer (ai.onnx.preview.training) converters in
+compiler/converters_extra.py, through edgeforge's real compile path, against onnxruntime and
+ONNX's expected outputs.
 
-The node tests import only the ai.onnx.ml opset, which validation refuses ("no default-domain
-opset"); here each model also imports ai.onnx, as skl2onnx's exports do."""
+These node tests import only their own domain's opset, which validation refuses ("no
+default-domain opset"); here each model also imports ai.onnx, as skl2onnx's exports do."""
 
 from __future__ import annotations
 
@@ -12,11 +13,16 @@ from onnx import TensorProto, helper
 
 from bench.conformance import TARGET, _cases, _compare, _io
 
-ML_NODE_TESTS = [
+NODE_TESTS = [
     "test_ai_onnx_ml_array_feature_extractor",
     "test_ai_onnx_ml_binarizer",
     "test_ai_onnx_ml_tree_ensemble_set_membership",
     "test_ai_onnx_ml_tree_ensemble_single_tree",
+    "test_adagrad_multiple",
+    "test_adam",
+    "test_adam_multiple",
+    "test_momentum",
+    "test_nesterov_momentum",
 ]
 
 
@@ -42,8 +48,8 @@ def _with_default_opset(model):
     return model
 
 
-@pytest.mark.parametrize("name", ML_NODE_TESTS)
-def test_ml_node_test(name, tmp_path):
+@pytest.mark.parametrize("name", NODE_TESTS)
+def test_node_test(name, tmp_path):
     case = next(c for c in _cases() if c.name == name)
     feed, expected = _io(case)
     actual = _run(_with_default_opset(case.model), feed, tmp_path)
