@@ -1,9 +1,7 @@
 """Classic-ML (ai.onnx.ml) and optimizer (ai.onnx.preview.training) converters in
 compiler/converters_extra.py, through edgeforge's real compile path, against onnxruntime and
-ONNX's expected outputs.
-
-These node tests import only their own domain's opset, which validation refuses ("no
-default-domain opset"); here each model also imports ai.onnx, as skl2onnx's exports do."""
+ONNX's expected outputs. (These node tests import only their own domain's opset: validation
+adds the ai.onnx import the frontend needs.)"""
 
 from __future__ import annotations
 
@@ -42,17 +40,11 @@ def _run(model, feed, tmp_path):
     return [np.from_dlpack(t) for t in vm.run([feed[i.name] for i in validated.inputs])]
 
 
-def _with_default_opset(model):
-    if not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("", 21))
-    return model
-
-
 @pytest.mark.parametrize("name", NODE_TESTS)
 def test_node_test(name, tmp_path):
     case = next(c for c in _cases() if c.name == name)
     feed, expected = _io(case)
-    actual = _run(_with_default_opset(case.model), feed, tmp_path)
+    actual = _run(case.model, feed, tmp_path)
     bad = _compare(actual, expected, case.rtol, case.atol)
     assert bad is None, bad
 
