@@ -26,7 +26,7 @@ __all__ = ["DOMAINS", "ML_OPS", "OPS", "TRAINING_OPS", "converters"]
 #: Classic-ML operators (skl2onnx exports): the ai.onnx.ml domain.
 ML_OPS: frozenset[str] = frozenset({
     "ArrayFeatureExtractor", "Binarizer", "LabelEncoder", "LinearRegressor", "Normalizer",
-    "Scaler", "TreeEnsemble", "TreeEnsembleRegressor"})
+    "Scaler", "TreeEnsemble", "TreeEnsembleClassifier", "TreeEnsembleRegressor"})
 #: Optimizer update steps: the ai.onnx.preview.training domain.
 TRAINING_OPS: frozenset[str] = frozenset({"Adagrad", "Adam", "Momentum"})
 OPS: frozenset[str] = frozenset({
@@ -1461,47 +1461,91 @@ def converters(base: type) -> dict[str, type]:
             return tree_traversal(bb, op, inputs[0], tables, roots, weights, has, aggregate,
                                   None, how)
 
+    def legacy_forest(op: str, attr: dict[str, Any], kind: str, n_out: int
+                      ) -> tuple[dict[str, Any], list[int], Any, Any]:
+        """The traversal tables, roots and per-node weights [nodes, n_out] of the pre-opset-5
+        tree ensembles (node ids per tree; ``kind``: "target" or "class" weights; a leaf may
+        carry several)."""
+        tree_ids = np.asarray(attr["nodes_treeids"], "int64")
+        node_ids = np.asarray(attr["nodes_nodeids"], "int64")
+        index = {(int(t), int(nid)): i for i, (t, nid) in enumerate(zip(tree_ids, node_ids))}
+        modes_s = [m.decode() if isinstance(m, bytes) else m for m in attr["nodes_modes"]]
+        if any(m not in legacy_modes for m in modes_s):
+            raise ConverterError(f"{op}: node modes {sorted(set(modes_s))} are not supported")
+        modes = np.asarray([legacy_modes[m] for m in modes_s], "int64")
+        k = len(modes)
+
+        def child(name: str) -> Any:
+            ids = np.asarray(attr.get(name, [0] * k), "int64")
+            return np.asarray([index[(int(t), int(c))] if modes[i] != leaf else i
+                               for i, (t, c) in enumerate(zip(tree_ids, ids))], "int64")
+
+        true_ids, false_ids = child("nodes_truenodeids"), child("nodes_falsenodeids")
+        children = {int(c) for i in range(k) if modes[i] != leaf
+                    for c in (true_ids[i], false_ids[i])}
+        roots = [i for i in range(k) if i not in children]
+        splits = ml_attr_array(attr, "nodes_values_as_tensor", "nodes_values")
+        mtt = attr.get("nodes_missing_value_tracks_true")
+        w = ml_attr_array(attr, f"{kind}_weights_as_tensor", f"{kind}_weights")
+        weights = np.zeros((k, n_out))
+        has = np.zeros((k, n_out), bool)
+        for t, nid, oid, v in zip(attr[f"{kind}_treeids"], attr[f"{kind}_nodeids"],
+                                  attr[f"{kind}_ids"], w):
+            weights[index[(int(t), int(nid))], int(oid)] += v
+            has[index[(int(t), int(nid))], int(oid)] = True
+        tables = {"features": np.asarray(attr["nodes_featureids"], "int64"),
+                  "splits": np.asarray(splits, np.float64), "modes": modes,
+                  "true": true_ids, "false": false_ids,
+                  "missing_true": None if mtt is None else np.asarray(mtt).astype(bool)}
+        return tables, roots, weights, has
+
     class TreeEnsembleRegressor(base):  # type: ignore[misc, valid-type]
-        """ai.onnx.ml TreeEnsembleRegressor (opsets 1-3, what skl2onnx writes): node ids are
-        per tree; a leaf may carry several target weights."""
+        """ai.onnx.ml TreeEnsembleRegressor (opsets 1-3, what skl2onnx writes)."""
 
         @classmethod
         def _impl_v1(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
             op = "TreeEnsembleRegressor"
-            tree_ids = np.asarray(attr["nodes_treeids"], "int64")
-            node_ids = np.asarray(attr["nodes_nodeids"], "int64")
-            index = {(int(t), int(nid)): i for i, (t, nid) in enumerate(zip(tree_ids, node_ids))}
-            modes_s = [m.decode() if isinstance(m, bytes) else m for m in attr["nodes_modes"]]
-            if any(m not in legacy_modes for m in modes_s):
-                raise ConverterError(f"{op}: node modes {sorted(set(modes_s))} are not supported")
-            modes = np.asarray([legacy_modes[m] for m in modes_s], "int64")
-            k = len(modes)
-
-            def child(name: str) -> Any:
-                ids = np.asarray(attr.get(name, [0] * k), "int64")
-                return np.asarray([index[(int(t), int(c))] if modes[i] != leaf else i
-                                   for i, (t, c) in enumerate(zip(tree_ids, ids))], "int64")
-
-            splits = ml_attr_array(attr, "nodes_values_as_tensor", "nodes_values")
-            mtt = attr.get("nodes_missing_value_tracks_true")
-            n_targets = int(attr.get("n_targets", 1))
-            tw = ml_attr_array(attr, "target_weights_as_tensor", "target_weights")
-            weights = np.zeros((k, n_targets))
-            has = np.zeros((k, n_targets), bool)
-            for t, nid, tid, w in zip(attr["target_treeids"], attr["target_nodeids"],
-                                      attr["target_ids"], tw):
-                weights[index[(int(t), int(nid))], int(tid)] += w
-                has[index[(int(t), int(nid))], int(tid)] = True
-            roots = [index[(int(t), int(min(nid for tt, nid in index if tt == t)))]
-                     for t in sorted({int(t) for t in tree_ids})]
-            tables = {"features": np.asarray(attr["nodes_featureids"], "int64"),
-                      "splits": np.asarray(splits, np.float64), "modes": modes,
-                      "true": child("nodes_truenodeids"), "false": child("nodes_falsenodeids"),
-                      "missing_true": None if mtt is None else np.asarray(mtt).astype(bool)}
+            tables, roots, weights, has = legacy_forest(op, attr, "target",
+                                                        int(attr.get("n_targets", 1)))
             base_values = ml_attr_array(attr, "base_values_as_tensor", "base_values")
             return tree_traversal(bb, op, inputs[0], tables, roots, weights, has,
                                   text(attr, "aggregate_function", "SUM"), base_values,
                                   attr.get("post_transform"))
+
+    class TreeEnsembleClassifier(base):  # type: ignore[misc, valid-type]
+        """ai.onnx.ml TreeEnsembleClassifier (opsets 1-3) with integer class labels (string
+        labels cannot cross the runtime boundary): summed class weights, ONNX's binary rule
+        (one weighted class: the other's score is 1 - p, or -p before a transform), post
+        transform, argmax label, as ONNX's reference (onnxruntime leaves a class that no leaf
+        on a sample's paths weights out of its argmax: labels differ when every weighted class
+        scores below 0). Outputs (label int64 [N], scores float32 [N, classes])."""
+
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            op = "TreeEnsembleClassifier"
+            if "classlabels_int64s" not in attr:
+                raise ConverterError(f"{op}: string class labels are not supported (use "
+                                     "integer labels)")
+            labels = np.asarray(attr["classlabels_int64s"], "int64")
+            n = len(labels)
+            tables, roots, weights, has = legacy_forest(op, attr, "class", max(n, 1))
+            base_values = ml_attr_array(attr, "base_values_as_tensor", "base_values")
+            scores = bb.normalize(tree_traversal(bb, op, inputs[0], tables, roots, weights,
+                                                 has, "SUM", base_values, None))
+            scores = bb.normalize(R.astype(scores, "float32"))
+            how = text(attr, "post_transform", "NONE")
+            if len(set(attr["class_ids"])) == 1:  # binary
+                first = R.strided_slice(scores, [1], [0], [1])
+                other = (R.subtract(const(1.0, "float32"), first) if how in ("NONE", "PROBIT")
+                         else R.negative(first))
+                scores = bb.normalize(R.concat([other, first], axis=1))
+                if n == 1 and int(labels[0]) != 1:
+                    raise ConverterError(f"{op}: a single class label must be 1")
+                labels = np.asarray([0, 1], "int64") if n == 1 else labels
+            scores = bb.normalize(post_transform(op, scores, how))
+            best = R.argmax(scores, axis=1)
+            return relax.Tuple([bb.normalize(R.take(const(labels, "int64"), best, axis=0)),
+                                scores])
 
     table = {
         "BitCast": BitCast, "BlackmanWindow": BlackmanWindow,
@@ -1518,6 +1562,7 @@ def converters(base: type) -> dict[str, type]:
         "LabelEncoder": LabelEncoder, "LinearRegressor": LinearRegressor,
         "Normalizer": Normalizer, "Scaler": Scaler, "TreeEnsemble": TreeEnsemble,
         "TreeEnsembleRegressor": TreeEnsembleRegressor,
+        "TreeEnsembleClassifier": TreeEnsembleClassifier,
     }
     assert set(table) == OPS
     return table

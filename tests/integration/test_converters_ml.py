@@ -110,3 +110,46 @@ def test_skl2onnx_style_regressors_match_onnxruntime(tmp_path):
     actual = _run(model, feed, tmp_path)
     for a, e in zip(actual, expected):
         np.testing.assert_allclose(a, e.reshape(a.shape), rtol=1e-5, atol=1e-6)
+
+
+def _classifier(post: str, class_ids: list[int], weights: list[float], labels: list[int],
+                base: list[float] | None = None):
+    kw = {"base_values": base} if base else {}
+    node = helper.make_node(
+        "TreeEnsembleClassifier", ["X"], ["label", "scores"], domain="ai.onnx.ml",
+        nodes_treeids=[0, 0, 0, 0, 0, 1, 1, 1],
+        nodes_nodeids=[0, 1, 2, 3, 4, 0, 1, 2],
+        nodes_featureids=[0, 1, 0, 0, 0, 1, 0, 0],
+        nodes_modes=["BRANCH_LEQ", "BRANCH_GT", "LEAF", "LEAF", "LEAF", "BRANCH_LT", "LEAF",
+                     "LEAF"],
+        nodes_values=[0.5, 0.0, 0, 0, 0, 1.0, 0, 0],
+        nodes_truenodeids=[1, 2, 0, 0, 0, 1, 0, 0],
+        nodes_falsenodeids=[4, 3, 0, 0, 0, 2, 0, 0],
+        class_treeids=[0, 0, 0, 1, 1, 1, 1][:len(weights)],
+        class_nodeids=[2, 3, 4, 1, 2, 2, 1][:len(weights)],
+        class_ids=class_ids, class_weights=weights, classlabels_int64s=labels,
+        post_transform=post, **kw)
+    return _ml_model([node], [helper.make_tensor_value_info("X", TensorProto.FLOAT, [5, 2])],
+                     [helper.make_tensor_value_info("label", TensorProto.INT64, [5]),
+                      helper.make_tensor_value_info("scores", TensorProto.FLOAT,
+                                                    [5, max(2, len(labels))])])
+
+
+@pytest.mark.parametrize("post, class_ids, weights, labels, base", [
+    ("NONE", [0, 1, 2, 2, 1, 0, 2], [0.5, 0.25, 0.5, 0.3, 0.2, 0.1, 0.4], [10, 20, 30], None),
+    # positive weights: onnxruntime leaves a class no leaf weighted out of the argmax (ONNX's
+    # reference, followed here, does not); with negative scores the two labels would differ
+    ("SOFTMAX", [0, 1, 2, 2, 1, 0, 2], [1.5, 0.5, 0.5, 0.3, 2.0, 0.1, 0.4], [7, 8, 9], None),
+    ("LOGISTIC", [0, 0, 0, 0, 0], [1.5, -2.0, 0.5, 0.7, -0.3], [0, 1], [0.2]),  # binary GBDT
+    ("NONE", [0, 0, 0, 0, 0], [0.9, 0.2, 0.6, 0.1, 0.4], [0, 1], None),  # binary, 1 - p
+])
+def test_tree_ensemble_classifier_matches_references(post, class_ids, weights, labels, base,
+                                                     tmp_path):
+    from onnx.reference import ReferenceEvaluator
+
+    model = _classifier(post, class_ids, weights, labels, base)
+    x = np.array([[0.0, 1.0], [0.2, -1.0], [1.0, 2.0], [0.7, 0.5], [0.5, 0.0]], np.float32)
+    actual = _run(model, {"X": x}, tmp_path)
+    for expected in (_ort(model, {"X": x}), ReferenceEvaluator(model).run(None, {"X": x})):
+        np.testing.assert_array_equal(actual[0], expected[0])
+        np.testing.assert_allclose(actual[1], expected[1], rtol=1e-5, atol=1e-6)
