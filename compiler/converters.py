@@ -31,7 +31,7 @@ WRAPPED_OPS = frozenset({"Clip", "Attention", "LayerNormalization", "Resize", "U
                          "Elu", "NonMaxSuppression", "EyeLike", "SpaceToDepth",
                          "ConvTranspose", "MaxPool", "Unsqueeze", "OptionalHasElement",
                          "MaxUnpool", "QuantizeLinear", "DequantizeLinear", "Reshape",
-                         "Split", "Conv", "TopK"})
+                         "Split", "Conv", "TopK", "RoiAlign"})
 
 _installed: dict[str, bool] = {}
 
@@ -1065,6 +1065,82 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
 
             return convert
 
+    class RoiAlign(base):  # type: ignore[misc, valid-type]
+        """mode="max" with a fixed sampling_ratio, as ONNX's reference (and onnxruntime)
+        define it: per sample, the largest of the four *weighted* corner values, then the
+        largest over the bin's samples (TVM interpolates first)."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            inner = tvm_table["RoiAlign"].get_converter(opset)
+
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                import numpy as np
+
+                grid = int(attr.get("sampling_ratio", 0))
+                if _s(attr, "mode", "avg") != "max" or grid <= 0:
+                    return inner(bb, inputs, attr, params)
+                x, rois, batch = inputs[0], inputs[1], inputs[2]
+                _, c, h, w = shape_of(bb, x)
+                nr = shape_of(bb, rois)[0]
+                ph, pw = int(attr.get("output_height", 1)), int(attr.get("output_width", 1))
+                default = "half_pixel" if opset >= 16 else "output_half_pixel"
+                half = _s(attr, "coordinate_transformation_mode", default) == "half_pixel"
+                dtype = dtype_of(bb, x)
+                f = "float64" if dtype == "float64" else "float32"
+
+                def k(v: Any) -> Any:
+                    return relax.const(np.asarray(v, f), f)
+
+                r = bb.normalize(R.astype(rois, f))
+                scale = float(attr.get("spatial_scale", 1.0))
+                box = bb.normalize(R.subtract(R.multiply(r, k(scale)), k(0.5 if half else 0.0)))
+
+                def col(i: int) -> Any:
+                    return bb.normalize(R.strided_slice(box, [1], [i], [i + 1]))  # [R, 1]
+
+                def axis(start: Any, end: Any, pooled: int, size: int) -> list[Any]:
+                    extent = R.subtract(end, start)
+                    if not half:
+                        extent = R.maximum(extent, k(1.0))
+                    bin_ = bb.normalize(R.divide(extent, k(float(pooled))))
+                    steps = np.arange(pooled)[:, None] + (np.arange(grid)[None, :] + 0.5) / grid
+                    pos = bb.normalize(R.add(start, R.multiply(bin_, k(steps.reshape(1, -1)))))
+                    outside = R.logical_or(R.less(pos, k(-1.0)), R.greater(pos, k(float(size))))
+                    p = R.maximum(pos, k(0.0))
+                    low = bb.normalize(R.floor(p))
+                    top = R.greater_equal(low, k(float(size - 1)))
+                    low = bb.normalize(R.where(top, k(float(size - 1)), low))
+                    p = R.where(top, low, p)
+                    high = R.where(top, low, R.add(low, k(1.0)))
+                    frac = bb.normalize(R.subtract(p, low))
+                    keep = R.astype(R.logical_not(outside), f)
+                    return [R.astype(low, "int64"), R.astype(high, "int64"),
+                            bb.normalize(R.multiply(R.subtract(k(1.0), frac), keep)),
+                            bb.normalize(R.multiply(frac, keep))]  # each [R, pooled * grid]
+
+                y_lo, y_hi, y_wl, y_wh = axis(col(1), col(3), ph, h)
+                x_lo, x_hi, x_wl, x_wh = axis(col(0), col(2), pw, w)
+                data = bb.normalize(R.reshape(R.take(R.astype(x, f) if f != dtype else x,
+                                                     R.astype(batch, "int64"), axis=0),
+                                              (nr, c, h * w)))
+                sy, sx = ph * grid, pw * grid
+                val = None
+                for yi, wy, xi, wx in ((y_lo, y_wl, x_lo, x_wl), (y_lo, y_wl, x_hi, x_wh),
+                                       (y_hi, y_wh, x_lo, x_wl), (y_hi, y_wh, x_hi, x_wh)):
+                    pos = R.add(R.multiply(R.expand_dims(yi, 2), relax.const(w, "int64")),
+                                R.expand_dims(xi, 1))  # [R, sy, sx]
+                    idx = R.broadcast_to(R.reshape(pos, (nr, 1, sy * sx)), (nr, c, sy * sx))
+                    v = R.reshape(R.gather_elements(data, idx, axis=2), (nr, c, sy, sx))
+                    wt = R.reshape(R.multiply(R.expand_dims(wy, 2), R.expand_dims(wx, 1)),
+                                   (nr, 1, sy, sx))
+                    term = bb.normalize(R.multiply(wt, v))
+                    val = term if val is None else bb.normalize(R.maximum(val, term))
+                y = R.max(R.reshape(val, (nr, c, ph, grid, pw, grid)), axis=[3, 5])
+                return y if f == dtype else R.astype(y, dtype)
+
+            return convert
+
     class Elu(base):  # type: ignore[misc, valid-type]
         """TVM's converter builds float32 constants whatever the input dtype."""
 
@@ -1416,7 +1492,8 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
     return {"Clip": Clip, "Softmax": Softmax, "MatMul": MatMul, "Elu": Elu, "EyeLike": EyeLike,
             "OptionalHasElement": OptionalHasElement, "MaxUnpool": MaxUnpool,
             "QuantizeLinear": QuantizeLinear, "DequantizeLinear": DequantizeLinear,
-            "Unsqueeze": Unsqueeze, "Reshape": Reshape, "Split": Split, "Conv": Conv, "TopK": TopK,
+            "Unsqueeze": Unsqueeze, "Reshape": Reshape, "Split": Split, "Conv": Conv,
+            "TopK": TopK, "RoiAlign": RoiAlign,
             "MaxPool": MaxPool,
             "ConvTranspose": ConvTranspose,
             "SpaceToDepth": SpaceToDepth,
