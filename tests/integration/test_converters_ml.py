@@ -153,3 +153,29 @@ def test_tree_ensemble_classifier_matches_references(post, class_ids, weights, l
     for expected in (_ort(model, {"X": x}), ReferenceEvaluator(model).run(None, {"X": x})):
         np.testing.assert_array_equal(actual[0], expected[0])
         np.testing.assert_allclose(actual[1], expected[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("aggregate", [0, 2, 3])  # AVERAGE, MIN, MAX (the node tests: SUM)
+def test_tree_ensemble_aggregates_match_reference(aggregate, tmp_path):
+    from onnx import numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    def t(values, dtype):
+        return numpy_helper.from_array(np.asarray(values, dtype))
+
+    node = helper.make_node(  # two trees over 3 targets; target 2 only in tree 1
+        "TreeEnsemble", ["X"], ["Y"], domain="ai.onnx.ml", n_targets=3,
+        aggregate_function=aggregate, post_transform=0, tree_roots=[0, 2],
+        nodes_featureids=[0, 1, 1], nodes_splits=t([0.5, 0.0, -1.0], np.float32),
+        nodes_modes=t([0, 3, 1], np.uint8),
+        nodes_truenodeids=[1, 0, 3], nodes_trueleafs=[0, 1, 1],
+        nodes_falsenodeids=[2, 1, 4], nodes_falseleafs=[1, 1, 1],
+        leaf_targetids=[0, 1, 1, 0, 2], leaf_weights=t([1.5, -2.0, 0.25, 4.0, -3.0], np.float32))
+    model = _ml_model([node], [helper.make_tensor_value_info("X", TensorProto.FLOAT, [5, 2])],
+                      [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [5, 3])],
+                      ml_opset=5)
+    model.opset_import[0].version = 21
+    x = np.array([[0.0, 1.0], [0.2, -1.5], [1.0, 2.0], [0.7, -0.5], [0.5, 0.0]], np.float32)
+    [actual] = _run(model, {"X": x}, tmp_path)
+    [expected] = ReferenceEvaluator(model).run(None, {"X": x})
+    np.testing.assert_allclose(actual, expected, rtol=1e-6)
