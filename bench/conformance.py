@@ -127,7 +127,7 @@ def _low_float(dtype: Any) -> bool:
 #: shape or are a scalar setting, whatever their dtype.
 PARAMETER_SLOTS = {
     "Resize": {1, 2, 3}, "Upsample": {1}, "Pad": {1, 2, 3}, "OneHot": {1}, "Range": {0, 1, 2},
-    "Compress": {1}, "NonMaxSuppression": {2, 3, 4},
+    "Compress": {1}, "NonMaxSuppression": {2, 3, 4}, "Loop": {0, 1},
 }
 
 

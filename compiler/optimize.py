@@ -4,7 +4,9 @@
 function unscheduled (no parallelism, no tiling, little vectorisation) for CPU targets. ``build_cpu``
 instead:
 
-1. runs inference simplifications, converts 2-D convolutions to NHWC (``layout``) and fuses
+1. runs inference simplifications, converts 2-D convolutions to NHWC (``layout``), rewrites
+   float32 3x3 stride-1 convolutions as Winograd F(4x4, 3x3) (``winograd``, compiler.winograd) and
+   fuses
    (``DecomposeOpsForInference``, ``ConvertLayout``, ``LegalizeOps``, ``FoldConstant``,
    ``FuseOps``/``FuseTIR``); weights are marked layout-free (``prepack``),
 2. gives every fused TIR function a schedule without a tuning run: seeded samples of MetaSchedule's
@@ -56,6 +58,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "layout": "auto",         # "auto" (NHWC when the model has a 2-D convolution) | "NHWC" | None
     "prepack": True,          # schedules may rewrite weight layouts; folded at compile time
     "fast_math": True,        # float32 erf/tanh/softmax with vectorisable polynomials (<= 6e-7)
+    "winograd": True,         # NHWC float32 3x3 stride-1 convolutions as Winograd F(4x4, 3x3)
     "seed": 0,
 }
 
@@ -203,6 +206,13 @@ def _preprocess(mod, target, opts):
         kernel = {"NHWC": "OHWI", "NCHW": "OIHW"}.get(layout, "OIHW")
         seq.append(relax.transform.ConvertLayout({"relax.nn.conv2d": [layout, kernel]}))
         seq.append(relax.transform.FoldConstant())
+    if layout == "NHWC" and opts.get("winograd", True):
+        from . import winograd
+
+        with target:
+            mod = tvm.transform.Sequential(seq)(mod)
+        mod, _ = winograd.rewrite(mod)
+        seq = []
     seq += [
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
@@ -422,6 +432,94 @@ def _time_candidates(cands, target, name, build_timeout_s: float = 30.0):
     return costs
 
 
+def _run_outputs(lib, args, dev) -> list:
+    import tvm
+
+    fresh = [tvm.runtime.tensor(a, dev) for a in args]
+    lib["main"](*fresh)
+    return [t.numpy() for t in fresh]
+
+
+def _same_results(tfunc_mod, sch, target, ref_cache: dict, tmp: str, timeout_s: float) -> bool:
+    """Whether the scheduled function computes what the unscheduled one does, on the same inputs
+    (random floats; zeros for integer arguments, which are valid indices).
+
+    MetaSchedule assumes its schedules are correct by construction; TVM 0.27 is not always: a
+    sampled schedule of a fused Winograd inverse + bias + ReLU (7x7x512, ResNet-18) wrote wrong
+    values (max abs error 22) and, being the fastest, was picked. So is every winner checked."""
+    import numpy as np
+    import tvm
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    from tvm_ffi import structural_hash
+
+    dev = tvm.cpu()
+    key = structural_hash(tfunc_mod)  # not id(): TVM hands out a new wrapper per access
+    if key not in ref_cache:
+        infos = ArgInfo.from_entry_func(tfunc_mod, remove_preproc=False)
+        rng = np.random.default_rng(0)
+        args = []
+        for info in infos:
+            shape, dtype = [int(x) for x in info.shape], str(info.dtype)
+            args.append(rng.standard_normal(shape).astype(dtype) if dtype.startswith(("float",
+                        "bfloat")) else np.zeros(shape, dtype))
+        path = os.path.join(tmp, f"ref{len(ref_cache)}.so")
+        ref = None
+        if _build_isolated(tfunc_mod, target, timeout_s, path):
+            try:
+                ref = _run_outputs(tvm.runtime.load_module(path), args, dev)
+            except Exception as e:
+                logger.debug("reference run failed: %s", e)
+        ref_cache[key] = (args, ref)
+    args, ref = ref_cache[key]
+    if ref is None:
+        return True  # nothing to compare with: the model-level verification still applies
+    path = os.path.join(tmp, f"cand{len(os.listdir(tmp))}.so")  # dlopen caches by path
+    if not _build_isolated(sch.mod, target, timeout_s, path):
+        return False
+    try:
+        got = _run_outputs(tvm.runtime.load_module(path), args, dev)
+    except Exception:
+        return False
+    for a, b in zip(got, ref):
+        if a.dtype.kind == "f":
+            scale = float(np.nanmax(np.abs(b))) if b.size and np.isfinite(b).any() else 1.0
+            if not np.allclose(a, b, rtol=1e-3, atol=1e-4 * max(scale, 1.0), equal_nan=True):
+                return False
+        elif not np.array_equal(a, b):
+            return False
+    return True
+
+
+def _verify_winners(tasks, best, ranked, target, timeout_s: float, untimed) -> int:
+    """Replace every timed winner that computes wrong results by the fastest timed candidate that
+    does not (then an untimed sample, then the default lowering); the number refused."""
+    import tempfile
+
+    wrong = 0
+    ref_cache: dict = {}
+    with tempfile.TemporaryDirectory(prefix="edgeforge-check-") as tmp:
+        for i in list(best):
+            mod = tasks[i].dispatched[0]
+            cost = best[i][1]
+            if cost is None:
+                continue
+            options = sorted(ranked.get(i, []), key=lambda r: (r[0], r[1]))
+            for c, _, cand in options[:6]:
+                if _same_results(mod, cand, target, ref_cache, tmp, timeout_s):
+                    best[i] = (cand, c)
+                    break
+                wrong += 1
+                logger.warning("task %s: a timed schedule computes wrong results (a TVM "
+                               "scheduling bug); refused", tasks[i].task_name)
+            else:
+                del best[i]
+                untimed(i, [])
+                if i in best and not _same_results(mod, best[i][0], target, ref_cache, tmp,
+                                                   timeout_s):
+                    del best[i]  # default lowering
+    return wrong
+
+
 def _task_flops(task) -> float:
     from tvm.s_tir.analysis import estimate_tir_flops
 
@@ -519,6 +617,7 @@ def _sample_database(mod, target, opts, measure: bool, persist=None, entries=Non
     total = sum(flops) or 1.0
     n_fail = n_timed = 0
     best: dict[int, tuple[Any, float | None]] = {}  # task -> (schedule, seconds per call)
+    ranked: dict[int, list[tuple[float, int, Any]]] = {}  # task -> every timed (cost, #, schedule)
     samplers: dict[int, _TaskSampler] = {}
     drawn: dict[int, int] = {}
 
@@ -548,6 +647,8 @@ def _sample_database(mod, target, opts, measure: bool, persist=None, entries=Non
                         str(e).splitlines()[0] if str(e) else type(e).__name__)
             costs = [float("inf")] * len(cands)
         n_timed += len(cands)
+        ranked.setdefault(i, []).extend(
+            (c, n_timed + k, sch) for k, (c, sch) in enumerate(zip(costs, cands)) if math.isfinite(c))
         j = min(range(len(costs)), key=costs.__getitem__)
         old = best.get(i, (None, None))[1]
         if math.isfinite(costs[j]) and (old is None or costs[j] < old):
@@ -596,6 +697,8 @@ def _sample_database(mod, target, opts, measure: bool, persist=None, entries=Non
         if len(gains) >= 8 and sum(gains[-8:]) < min_gain:
             break
 
+    if measure:
+        n_wrong = _verify_winners(tasks, best, ranked, target, build_timeout_s, untimed)
     db = ms.database.MemoryDatabase()
     for i, (sch, cost) in best.items():
         task = tasks[i]
@@ -620,9 +723,9 @@ def _sample_database(mod, target, opts, measure: bool, persist=None, entries=Non
             except Exception as e:
                 logger.info("schedule of %s not stored in the database: %s", task.task_name,
                             str(e).splitlines()[-1][:200] if str(e) else type(e).__name__)
-    logger.info("schedules: %d tasks scheduled (%d candidates timed, %d in round 2), %d left to "
-                "default lowering, %.1f s", len(best), n_timed, n_timed - rounds1, n_fail,
-                time.perf_counter() - t_start)
+    logger.info("schedules: %d tasks scheduled (%d candidates timed, %d in round 2, %d wrong "
+                "ones refused), %d left to default lowering, %.1f s", len(best), n_timed,
+                n_timed - rounds1, n_wrong if measure else 0, n_fail, time.perf_counter() - t_start)
     return db
 
 
