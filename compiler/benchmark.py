@@ -4,6 +4,7 @@ artifact (through the device runtime) against onnxruntime, interleaved in one pr
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -55,6 +56,9 @@ def bench_model(data: bytes, spec: CompileSpec, signer: Signer, public_key: byte
 
     from edgeforge_runtime import InferenceSession, SessionOptions
 
+    if threads > 1:  # read when TVM's thread pool starts, at the artifact's first parallel run
+        os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
+
     report = compile_model(data, spec, signer, out_dir, worker=worker)
     [r] = report.results
     if r.status != "ok" or r.artifact is None:
@@ -71,6 +75,8 @@ def bench_model(data: bytes, spec: CompileSpec, signer: Signer, public_key: byte
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    if threads > 1:  # interleaved runs share the cores: neither pool may spin-wait (bench.run)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     ref = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
     ours = sess.run(None, feed)
     theirs = ref.run(None, feed)
