@@ -491,8 +491,9 @@ def _same_results(tfunc_mod, sch, target, ref_cache: dict, tmp: str, timeout_s: 
 
 
 def _verify_winners(tasks, best, ranked, target, timeout_s: float, untimed) -> int:
-    """Replace every timed winner that computes wrong results by the fastest timed candidate that
-    does not (then an untimed sample, then the default lowering); the number refused."""
+    """Replace every winner that computes wrong results by the fastest timed candidate that does
+    not, then by a fresh untimed sample (up to 3), then by the default lowering; untimed winners
+    (a spent budget leaves 1 sample per task) are checked too. Returns the number refused."""
     import tempfile
 
     wrong = 0
@@ -500,23 +501,26 @@ def _verify_winners(tasks, best, ranked, target, timeout_s: float, untimed) -> i
     with tempfile.TemporaryDirectory(prefix="edgeforge-check-") as tmp:
         for i in list(best):
             mod = tasks[i].dispatched[0]
-            cost = best[i][1]
-            if cost is None:
-                continue
-            options = sorted(ranked.get(i, []), key=lambda r: (r[0], r[1]))
-            for c, _, cand in options[:6]:
+            sch, cost = best[i]
+            options = (sorted(ranked.get(i, []), key=lambda r: (r[0], r[1]))[:6]
+                       if cost is not None else [(None, 0, sch)])
+            for c, _, cand in options:
                 if _same_results(mod, cand, target, ref_cache, tmp, timeout_s):
                     best[i] = (cand, c)
                     break
                 wrong += 1
-                logger.warning("task %s: a timed schedule computes wrong results (a TVM "
-                               "scheduling bug); refused", tasks[i].task_name)
+                logger.warning("task %s: a schedule computes wrong results (a TVM scheduling "
+                               "bug); refused", tasks[i].task_name)
             else:
                 del best[i]
-                untimed(i, [])
-                if i in best and not _same_results(mod, best[i][0], target, ref_cache, tmp,
-                                                   timeout_s):
-                    del best[i]  # default lowering
+                for _ in range(3):
+                    untimed(i, [])
+                    if i not in best:
+                        break
+                    if _same_results(mod, best[i][0], target, ref_cache, tmp, timeout_s):
+                        break
+                    wrong += 1
+                    del best[i]  # and the default lowering if none of 3 samples is right
     return wrong
 
 
