@@ -204,7 +204,10 @@ def _preprocess(mod, target, opts):
     if layout:
         # TVM 0.27 rejects "default" as the kernel layout ("invalid factor size 0"): name it.
         kernel = {"NHWC": "OHWI", "NCHW": "OIHW"}.get(layout, "OIHW")
-        seq.append(relax.transform.ConvertLayout({"relax.nn.conv2d": [layout, kernel]}))
+        # conv2d_transpose would follow its NHWC producer, but TVM 0.27 legalizes it in NCHW only
+        # (left unlegalized, VM codegen fails and the whole scheduled build with it: PP-OCRv4 det).
+        seq.append(relax.transform.ConvertLayout({"relax.nn.conv2d": [layout, kernel],
+                                                  "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}))
         seq.append(relax.transform.FoldConstant())
     if layout == "NHWC" and opts.get("winograd", True):
         from . import winograd
