@@ -75,6 +75,7 @@ def build(req: BuildRequest, progress: Callable[[str], None]) -> BuildResult:
 
     from . import lowbit
     from .converters import install as install_converters
+    from .converters import materialize_zero_size
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -83,7 +84,8 @@ def build(req: BuildRequest, progress: Callable[[str], None]) -> BuildResult:
     install_converters()
     lowbit.install()  # extends the table install_converters() set up
     try:
-        mod = from_onnx(model, shape_dict=_zero_dim_shapes(model), keep_params_in_input=False)
+        mod = materialize_zero_size(
+            from_onnx(model, shape_dict=_zero_dim_shapes(model), keep_params_in_input=False))
     except Exception as e:  # the frontend raises many types; all mean "cannot import this graph"
         raise CompileError(f"TVM's ONNX frontend could not import the model: {_first_line(e)}"
                            ) from e
