@@ -31,7 +31,7 @@ WRAPPED_OPS = frozenset({"Clip", "Attention", "LayerNormalization", "Resize", "U
                          "Elu", "NonMaxSuppression", "EyeLike", "SpaceToDepth",
                          "ConvTranspose", "MaxPool", "Unsqueeze", "OptionalHasElement",
                          "MaxUnpool", "QuantizeLinear", "DequantizeLinear", "Reshape",
-                         "Split", "Conv", "TopK", "RoiAlign"})
+                         "Split", "Conv", "TopK", "RoiAlign", "GatherND"})
 
 _installed: dict[str, bool] = {}
 
@@ -1336,6 +1336,57 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
 
             return convert
 
+    class GatherND(base):  # type: ignore[misc, valid-type]
+        """Constant indices (and a static data shape): a ``take`` of one flat index per output
+        row on the data reshaped to [rows, *tail], or a plain slice when those rows are
+        consecutive (a mask read back in order, as torch's exporter writes attention masks).
+
+        TVM's ``gather_nd`` reads its index tensor through one load per coordinate; with the
+        indices a constant, the scheduled build marks that tensor layout-free and MetaSchedule's
+        RewriteLayout (which expects one load per layout-free buffer, as a weight has) packed
+        it through a non-injective index map: the [1,1,1,128,2] mask indices of MiniLM-L6
+        lost half their values and the mask came back rotated by 64 tokens (max abs error 3.84
+        with a 0/1 attention mask). Run-time indices go to TVM's converter."""
+
+        @classmethod
+        def get_converter(cls, opset: int) -> Any:
+            inner = tvm_table["GatherND"].get_converter(opset)
+
+            def convert(bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+                import numpy as np
+
+                data, idx = inputs[0], const_value(inputs[1], params)
+                dshape = getattr(bb.normalize(data).ty, "shape", None)
+                if idx is None or idx.ndim < 1 or dshape is None or not all(
+                        hasattr(d, "value") for d in dshape.values):
+                    return inner(bb, inputs, attr, params)
+                shape = [int(d.value) for d in dshape.values]
+                b, m = int(attr.get("batch_dims", 0)), int(idx.shape[-1])
+                if (m < 1 or b + m > len(shape) or list(idx.shape[:b]) != shape[:b]
+                        or idx.size == 0):
+                    return inner(bb, inputs, attr, params)
+                coords = np.asarray(idx, np.int64)
+                dims = np.asarray(shape[b:b + m], np.int64)
+                coords = np.where(coords < 0, coords + dims, coords)
+                if ((coords < 0) | (coords >= dims)).any():
+                    return inner(bb, inputs, attr, params)  # out of range: TVM's behaviour
+                rows_per_batch = int(np.prod(dims))
+                flat = coords @ np.cumprod(np.r_[dims[1:], 1][::-1])[::-1].astype(np.int64)
+                batch = int(np.prod(shape[:b]))  # 1 when b == 0
+                flat = flat + (np.arange(batch, dtype=np.int64) * rows_per_batch).reshape(
+                    [*shape[:b], *[1] * (flat.ndim - b)])
+                tail = shape[b + m:]
+                rows = bb.normalize(R.reshape(data, [batch * rows_per_batch, *tail]))
+                out_shape = [*idx.shape[:-1], *tail]
+                start = int(flat.min())
+                if np.array_equal(flat.ravel(), np.arange(start, start + flat.size)):
+                    picked = R.strided_slice(rows, [0], [start], [start + flat.size])
+                else:
+                    picked = R.take(rows, relax.const(flat.ravel(), "int64"), axis=0)
+                return R.reshape(picked, out_shape)
+
+            return convert
+
     class Split(base):  # type: ignore[misc, valid-type]
         """Constant split sizes holding a 0 (empty outputs): one slice per output (TVM's split
         needs strictly increasing indices)."""
@@ -1485,7 +1536,7 @@ def _wrappers(base: type, tvm_table: dict[str, Any]) -> dict[str, type]:
             "OptionalHasElement": OptionalHasElement, "MaxUnpool": MaxUnpool,
             "QuantizeLinear": QuantizeLinear, "DequantizeLinear": DequantizeLinear,
             "Unsqueeze": Unsqueeze, "Reshape": Reshape, "Split": Split, "Conv": Conv,
-            "TopK": TopK, "RoiAlign": RoiAlign,
+            "TopK": TopK, "RoiAlign": RoiAlign, "GatherND": GatherND,
             "MaxPool": MaxPool,
             "ConvTranspose": ConvTranspose,
             "SpaceToDepth": SpaceToDepth,
