@@ -1,4 +1,5 @@
-"""Run onnxruntime on a model in a child process: ``python -m compiler._reference MODEL IN OUT``.
+"""Run onnxruntime on a model in a child process:
+``python -m compiler._reference MODEL IN OUT [IN OUT ...]`` (one session, one run per pair).
 
 The reference run for verification is isolated like the TVM build: onnxruntime itself can
 crash on unusual models, and that must not take the caller down."""
@@ -12,14 +13,18 @@ def main(argv: list[str]) -> int:
     import numpy as np
     import onnxruntime as ort
 
-    model, in_path, out_path = argv[:3]
-    with np.load(in_path) as data:
-        feed = {k: data[k] for k in data.files if k != "__order__"}
+    model, pairs = argv[0], argv[1:]
+    if not pairs or len(pairs) % 2:
+        print("usage: python -m compiler._reference MODEL IN OUT [IN OUT ...]", file=sys.stderr)
+        return 2
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-    outputs = sess.run(None, feed)
-    np.savez(out_path, *[np.asarray(o) for o in outputs])
+    for in_path, out_path in zip(pairs[::2], pairs[1::2]):
+        with np.load(in_path) as data:
+            feed = {k: data[k] for k in data.files if k != "__order__"}
+        outputs = sess.run(None, feed)
+        np.savez(out_path, *[np.asarray(o) for o in outputs])
     return 0
 
 

@@ -155,7 +155,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         print(f"{'profile':<15} {'status':<7} {'verified':<22} {'seconds':>8} {'size':>10}  artifact")
         for r in report.results:
             v = r.verification or {}
-            ver = (f"yes ({v.get('method')}, {v.get('max_rel_error', 0):.1e})" if r.verified
+            yes = "noise" if v.get("within_reference_noise") else "yes"
+            ver = (f"{yes} ({v.get('method')}, {v.get('max_rel_error', 0):.1e})" if r.verified
                    else "no" if r.status == "ok" else "-")
             secs = sum(t for k, t in r.timings.items() if k in ("build_total_s", "verify_s",
                                                                   "package_s"))
@@ -165,6 +166,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         unverified = [r for r in report.results if r.status == "ok" and not r.verified]
         for r in unverified:
             print(f"  note: {r.profile} not verified here: {(r.verification or {}).get('reason')}")
+        for r in report.results:
+            if r.verified and (r.verification or {}).get("within_reference_noise"):
+                print(f"  note: {r.profile} verified {(r.verification or {}).get('reason')}")
         print(f"signed by key {signer.keyid[:16]}…; devices trust {_public_path(key)}")
     return 0 if report.ok else 1
 

@@ -272,7 +272,9 @@ def _verified(entry: dict[str, Any]) -> str:
     if entry.get("verified"):
         where = {"native": "host", "qemu-user": "qemu"}.get(str(v.get("method")), v.get("method"))
         err = v.get("max_rel_error")
-        return f"{where}" + (f" (max rel err {err:.1e})" if isinstance(err, int | float) else "")
+        noise = " within onnxruntime's own noise" if v.get("within_reference_noise") else ""
+        return (f"{where}" + (f" (max rel err {err:.1e})" if isinstance(err, int | float) else "")
+                + noise)
     return "no" + (f" — {v['reason']}" if v.get("reason") else "")
 
 

@@ -213,7 +213,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     for s in claimed:
         lines.append(f"signature     {s.get('keyid', '?')} ({s.get('alg', s.get('error'))})"
                      + ("" if status["verified"] else "  [claimed, not verified]"))
-    if v.verified:
+    if v.verified and v.within_reference_noise:
+        noise = v.reference_noise if isinstance(v.reference_noise, dict) else {}
+        lines.append(f"build check   passed WITHIN ONNXRUNTIME'S OWN NOISE ({v.method}), not the "
+                     f"tolerance: max rel error {_num(v.max_rel_error)} > tolerance "
+                     f"{_num(v.tolerance)}; onnxruntime itself moves by up to "
+                     f"{_num(noise.get('max_rel_error'))} when the inputs are nudged by 1 ulp")
+    elif v.verified:
         lines.append(f"build check   passed ({v.method}): max abs error {_num(v.max_abs_error)}, "
                      f"max rel error {_num(v.max_rel_error)} (tolerance {_num(v.tolerance)}) "
                      "against onnxruntime")

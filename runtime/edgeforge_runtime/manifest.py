@@ -55,6 +55,14 @@ def _req(d: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str) 
     return value
 
 
+def _opt_bool(d: dict[str, Any], key: str, where: str) -> bool:
+    """An optional boolean member, false when absent (manifests written before it existed)."""
+    value = d.get(key, False)
+    if not isinstance(value, bool):
+        raise ManifestError(f"manifest: field {where}.{key} must be a boolean")
+    return value
+
+
 def _obj(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ManifestError(f"manifest: {where} must be an object")
@@ -159,7 +167,13 @@ class Verification:
     """How the compiler checked the artifact's numerics before signing it.
 
     ``method`` is ``native`` (ran on the build machine), ``qemu-user`` (ran under emulation) or
-    ``none`` (could not be run there; ``reason`` says why). Errors are against onnxruntime."""
+    ``none`` (could not be run there; ``reason`` says why). Errors are against onnxruntime.
+
+    ``within_reference_noise`` marks an artifact accepted although ``max_rel_error`` exceeds
+    ``tolerance``: the model is ill-conditioned on the verification inputs (onnxruntime's own
+    outputs move beyond the tolerance when those inputs are nudged by one ulp) and the artifact's
+    errors are no worse than onnxruntime's own; ``reference_noise`` holds those numbers
+    (FORMAT.md §3.5). Always false, with ``reference_noise`` null, for a plain pass."""
 
     verified: bool
     method: str
@@ -167,6 +181,8 @@ class Verification:
     max_abs_error: float | None = None
     max_rel_error: float | None = None
     tolerance: float | None = None
+    within_reference_noise: bool = False
+    reference_noise: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, d: Any) -> Verification:
@@ -181,6 +197,8 @@ class Verification:
             max_abs_error=d.get("max_abs_error"),
             max_rel_error=d.get("max_rel_error"),
             tolerance=d.get("tolerance"),
+            within_reference_noise=_opt_bool(d, "within_reference_noise", "verification"),
+            reference_noise=d.get("reference_noise"),
         )
 
 

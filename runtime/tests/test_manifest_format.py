@@ -124,7 +124,8 @@ BAD_VALUES = [
     ("profile.target", "llvm -mcpu=cortex-a72"), ("profile", []),
     ("model.source_size", "10"), ("model.source_size", False), ("model", "m"),
     ("verification.method", "emulated"), ("verification.verified", "yes"),
-    ("verification", None), ("abi", {"tvm": 27}), ("abi", ["0.27.0.post1"]),
+    ("verification", None), ("verification.within_reference_noise", "yes"),
+    ("verification.within_reference_noise", None), ("abi", {"tvm": 27}), ("abi", ["0.27.0.post1"]),
     ("library", "other.so"), ("library", None), ("entry", ""), ("entry", 0),
     ("compile", "fast"), ("compile", []),
 ]
@@ -148,6 +149,22 @@ def test_all_supported_dtypes(good) -> None:
                   "uint8", "uint16", "uint32", "uint64", "bool"):
         good["inputs"][0]["dtype"] = dtype
         assert _parse(good).inputs[0].dtype == dtype
+
+
+def test_verification_within_reference_noise(good) -> None:
+    """Written before the field existed: false; a pass within onnxruntime's own noise keeps its
+    record through the canonical bytes."""
+    good["verification"].pop("within_reference_noise", None)
+    v = _parse(good).verification
+    assert v.within_reference_noise is False and v.reference_noise is None
+    good["verification"].update(
+        verified=True, method="native", max_rel_error=5.5e-3, tolerance=1e-3,
+        within_reference_noise=True,
+        reference_noise={"runs": 8, "max_rel_error": 8.4e-2, "fraction_beyond_tolerance": 0.82,
+                         "ours_fraction_beyond_tolerance": 0.014, "dominating_run": {"run": 0}})
+    m = _parse(good)
+    assert m.verification.within_reference_noise and m.verification.reference_noise["runs"] == 8
+    assert Manifest.from_json(m.to_json()) == m
 
 
 def test_nan_cannot_be_serialised(good) -> None:
