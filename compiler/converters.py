@@ -15,7 +15,7 @@ from typing import Any
 
 from . import converters_extra
 
-__all__ = ["EXTRA_OPS", "install", "materialize_zero_size"]
+__all__ = ["EXTRA_OPS", "install", "materialize_zero_size", "stack"]
 
 EXTRA_OPS = frozenset({"LSTM", "GRU", "RNN", "Celu", "Swish", "CumProd", "LpNormalization",
                        "NegativeLogLikelihoodLoss", "SoftmaxCrossEntropyLoss",
@@ -97,6 +97,20 @@ def materialize_zero_size(mod: Any) -> Any:
         if isinstance(func, relax.Function):
             rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
     return rewriter.builder_.get()
+
+
+def stack(tensors: Any, axis: int = 0) -> Any:
+    """``R.stack(tensors, axis)`` spelled ``R.concat`` of ``R.expand_dims``: what every converter
+    here uses. TVM 0.27's layout inference for ``relax.stack`` (``InferLayoutStack``) names the
+    new axis by inserting "S" into the input's layout ("AB" -> "SAB"), a layout that matches no
+    initial layout, so ``ConvertLayout`` fails on any module that holds a stack ("Index -1 out of
+    bounds 3", "tvm::String index out of bounds"), even one whose inputs keep their layout; the
+    CPU build then gives up NHWC for the whole model (ddddocr-old: its DynamicQuantizeLSTM
+    stacks the hidden states). ``expand_dims`` and ``concat`` infer layouts correctly and
+    legalize to the same copy."""
+    from tvm.relax import op as R
+
+    return R.concat([R.expand_dims(t, axis) for t in tensors], axis=axis)
 
 
 def tvm_only_convert_map() -> Any:
@@ -182,11 +196,11 @@ def _converters(base: type) -> dict[str, type]:
         """per_dir: [(h per time step in time order, [final states])] → Y, Y_h(, Y_c)."""
         ys = []
         for hs, _ in per_dir:
-            ys.append(R.stack(hs, axis=0))  # [seq, batch, H]
-        y = R.stack(ys, axis=1)  # [seq, dirs, batch, H]
+            ys.append(stack(hs, axis=0))  # [seq, batch, H]
+        y = stack(ys, axis=1)  # [seq, dirs, batch, H]
         finals = []
         for k in range(len(per_dir[0][1])):
-            finals.append(R.stack([states[k] for _, states in per_dir], axis=0))
+            finals.append(stack([states[k] for _, states in per_dir], axis=0))
         if layout == 1:
             y = R.permute_dims(y, [2, 0, 1, 3])
             finals = [R.permute_dims(f, [1, 0, 2]) for f in finals]
@@ -441,7 +455,7 @@ def _converters(base: type) -> dict[str, type]:
             real = R.subtract(R.multiply(cos, x1), R.multiply(sin, x2))
             imag = R.add(R.multiply(sin, x1), R.multiply(cos, x2))
             if int(attr.get("interleaved", 0)):
-                out = R.reshape(R.stack([real, imag], axis=4), (b, sq, nh, rot))
+                out = R.reshape(stack([real, imag], axis=4), (b, sq, nh, rot))
             else:
                 out = R.concat([real, imag], axis=3)
             if rot < hd:

@@ -54,7 +54,7 @@ def converters(base: type) -> dict[str, type]:
     from tvm.relax import op as R
     from tvm.relax.frontend.onnx import onnx_frontend as fe
 
-    from .converters import ConverterError
+    from .converters import ConverterError, stack
 
     class _WithOpset(base):  # type: ignore[misc, valid-type]
         """A converter whose ``_convert`` takes the model's opset (one body for all versions)."""
@@ -655,11 +655,11 @@ def converters(base: type) -> dict[str, type]:
                         o_ = R.add(o_, R.multiply(p_o, c))
                     h = bb.emit(R.multiply(R.sigmoid(o_), R.tanh(c)))
                     out[t] = h
-                ys.append(R.stack([out[t] for t in range(seq)], axis=0))  # [seq, batch, H]
+                ys.append(stack([out[t] for t in range(seq)], axis=0))  # [seq, batch, H]
                 hs_final.append(h)
                 cs_final.append(c)
-            return relax.Tuple([R.stack(ys, axis=1), R.stack(hs_final, axis=0),
-                                R.stack(cs_final, axis=0)])
+            return relax.Tuple([stack(ys, axis=1), stack(hs_final, axis=0),
+                                stack(cs_final, axis=0)])
 
     # ---------------------------------------------------------------- attention-like
 
@@ -852,7 +852,7 @@ def converters(base: type) -> dict[str, type]:
         out_re, out_im = dft_core(bb, bb.normalize(re), None if im is None else bb.normalize(im),
                                   length, inverse, onesided, dtype)
         parts = [out_re] if out_im is None else [out_re, out_im]
-        y = R.stack(parts, axis=rank - 1)  # [..., (axis moved last), c]
+        y = stack(parts, axis=rank - 1)  # [..., (axis moved last), c]
         back = [*np.argsort(perm), rank - 1]
         return R.permute_dims(y, [int(i) for i in back])
 
@@ -894,7 +894,7 @@ def converters(base: type) -> dict[str, type]:
             out_re, out_im = dft_core(bb, bb.normalize(re),
                                       None if im is None else bb.normalize(im), flen, False,
                                       onesided, dtype)
-            return R.stack([out_re, out_im], axis=3)
+            return stack([out_re, out_im], axis=3)
 
     # ---------------------------------------------------------------- control flow
 
@@ -1000,7 +1000,7 @@ def converters(base: type) -> dict[str, type]:
             if out_dirs[j]:
                 seq = seq[::-1]
             rank = len(shape_of(bb, seq[0])) + 1
-            results.append(R.stack(seq, axis=out_axes[j] % rank))
+            results.append(stack(seq, axis=out_axes[j] % rank))
         return results
 
     class Scan(_WithOpset):  # type: ignore[misc, valid-type]
@@ -1027,7 +1027,7 @@ def converters(base: type) -> dict[str, type]:
                     per_batch.append(scan_loop(bb, body, [row(s) for s in states],
                                                [row(s) for s in scans], [0] * m, dirs,
                                                [0] * n_out, [0] * n_out, params, opset))
-                return relax.Tuple([R.stack([pb[j] for pb in per_batch], axis=0)
+                return relax.Tuple([stack([pb[j] for pb in per_batch], axis=0)
                                     for j in range(len(per_batch[0]))])
             ins = [bb.normalize(i) for i in inputs]
             states, scans = ins[:len(ins) - m], ins[len(ins) - m:]
@@ -1093,7 +1093,7 @@ def converters(base: type) -> dict[str, type]:
                 per_step.append(outs[1 + n_carried:])
             results = list(carried)
             for j in range(len(per_step[0])):
-                results.append(R.stack([step[j] for step in per_step], axis=0))
+                results.append(stack([step[j] for step in per_step], axis=0))
             return relax.Tuple(results) if len(results) > 1 else results[0]
 
 
@@ -1335,15 +1335,15 @@ def converters(base: type) -> dict[str, type]:
         true_ids, false_ids = tables["true"], tables["false"]
         depth = 0
         for r in roots:  # longest root-to-leaf path (the tables are acyclic)
-            stack = [(r, 0)]
-            while stack:
-                i, d = stack.pop()
+            todo = [(r, 0)]
+            while todo:
+                i, d = todo.pop()
                 if modes[i] == leaf:
                     depth = max(depth, d)
                     continue
                 if d > len(modes):
                     raise ConverterError(f"{op}: the trees contain a cycle")
-                stack += [(int(true_ids[i]), d + 1), (int(false_ids[i]), d + 1)]
+                todo += [(int(true_ids[i]), d + 1), (int(false_ids[i]), d + 1)]
         members = tables.get("members")
         mtt = tables.get("missing_true")
         used_modes = sorted({int(m) for m in modes if m != leaf})
