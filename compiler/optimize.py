@@ -190,6 +190,37 @@ def _fast_math(mod):
     return mutator.builder_.get()
 
 
+def _stack_as_concat(mod):
+    """``relax.stack`` as ``concat`` of ``expand_dims`` (``compiler.converters.stack``): TVM 0.27's
+    layout inference for stack writes a layout ("SAB") that matches no initial layout, and
+    ConvertLayout then fails for the whole module ("Invalid SLayout: can't find S in source
+    layout", "tvm::String index out of bounds"). edgeforge's converters emit no stack; TVM's own
+    ONNX frontend does (variadic Max/Min/Sum/Mean: a conv followed by Max(a, b, c) fell back to
+    NCHW)."""
+    import tvm
+    from tvm import relax
+    from tvm.relax import PyExprMutator, expr_functor
+
+    from .converters import stack
+
+    @expr_functor.mutator
+    class _Stack(PyExprMutator):  # type: ignore[misc]
+        def visit_call_(self, call):  # type: ignore[no-untyped-def]
+            if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.stack":
+                tup = self.visit_expr(call.args[0])
+                items = (list(tup.fields) if isinstance(tup, relax.Tuple) else
+                         [relax.TupleGetItem(tup, i) for i in range(len(tup.ty.fields))])
+                axis = call.attrs.axis
+                return stack(items, 0 if axis is None else int(axis))
+            return super().visit_call_(call)
+
+    mutator = _Stack(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gv, mutator.visit_expr(func))
+    return mutator.builder_.get()
+
+
 def _preprocess(mod, target, opts):
     import tvm
     from tvm import relax
@@ -204,6 +235,7 @@ def _preprocess(mod, target, opts):
     ]
     layout = _layout(mod, opts)
     if layout:
+        mod = _stack_as_concat(mod)
         # TVM 0.27 rejects "default" as the kernel layout ("invalid factor size 0"): name it.
         kernel = {"NHWC": "OHWI", "NCHW": "OIHW"}.get(layout, "OIHW")
         # conv2d_transpose would follow its NHWC producer, but TVM 0.27 legalizes it in NCHW only
@@ -435,41 +467,67 @@ def _build_isolated(mod, target, timeout_s: float, out_path: str | None = None) 
     quantized model (ddddocr) with one sampled unroll setting did not finish in 5 minutes, where
     its siblings build in 0.03 s. A hung build must cost a candidate, not the compile.
     """
+    return _build_many([mod], target, timeout_s, [out_path])[0]
+
+
+def _build_many(mods: list, target, timeout_s: float, out_paths: list) -> list[bool]:
+    """:func:`_build_isolated` for several modules at once: one forked child each, all running
+    together (the build machine's cores: LLVM is most of a candidate's cost), each killed when
+    ``timeout_s`` has passed since the start."""
+    import select
     import signal
 
     import tvm
 
     if not hasattr(os, "fork"):  # pragma: no cover - Linux builds only
-        lib = tvm.tirx.build(mod, target)
-        if out_path:
-            lib.export_library(out_path)
-        return True
-    import select
-
-    # The child holds the pipe's write end until it exits: the parent wakes at once on EOF.
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 1
-        try:
-            os.close(rfd)
+        for mod, out_path in zip(mods, out_paths):
             lib = tvm.tirx.build(mod, target)
             if out_path:
                 lib.export_library(out_path)
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(wfd)
+        return [True] * len(mods)
+    children: dict[int, tuple[int, int]] = {}  # read fd -> (pid, index)
+    for k, (mod, out_path) in enumerate(zip(mods, out_paths)):
+        # The child holds the pipe's write end until it exits: the parent wakes at once on EOF.
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                os.close(rfd)
+                lib = tvm.tirx.build(mod, target)
+                if out_path:
+                    lib.export_library(out_path)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(wfd)
+        children[rfd] = (pid, k)
+    ok = [False] * len(mods)
+    deadline = time.monotonic() + max(0.0, timeout_s)
     try:
-        ready, _, _ = select.select([rfd], [], [], max(0.0, timeout_s))
+        while children:
+            ready, _, _ = select.select(list(children), [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            for rfd in ready:
+                pid, k = children.pop(rfd)
+                os.close(rfd)
+                _, status = os.waitpid(pid, 0)
+                ok[k] = os.waitstatus_to_exitcode(status) == 0
     finally:
-        os.close(rfd)
-    if not ready:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        return False
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status) == 0
+        for rfd, (pid, _) in children.items():  # past the deadline
+            os.close(rfd)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    return ok
+
+
+def _build_workers() -> int:
+    """Parallel candidate builds: the cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _time_candidates(cands, target, name, build_timeout_s: float = 30.0):
@@ -495,19 +553,31 @@ def _time_candidates(cands, target, name, build_timeout_s: float = 30.0):
         argsets.append(_task_args(sch.mod, dev))
     libs: dict[int, Any] = {}
     with tempfile.TemporaryDirectory(prefix="edgeforge-cand-") as tmp:
-        path = os.path.join(tmp, "all.so")
-        limit = build_timeout_s * max(1.0, len(cands) / 4)
-        if _build_isolated(tvm.IRModule(funcs), target, limit, path):
-            lib = tvm.runtime.load_module(path)
-            libs = dict.fromkeys(range(len(cands)), lib)
-        else:  # one of them hangs LLVM: keep those that build on their own
+        # One module per core (each child builds its share), built at the same time.
+        parts = min(_build_workers(), len(cands))
+        groups = [list(range(len(cands)))[p::parts] for p in range(parts)]
+        paths = [os.path.join(tmp, f"part{p}.so") for p in range(parts)]
+        limit = build_timeout_s * max(1.0, max(len(g) for g in groups) / 4)
+        built = _build_many([tvm.IRModule({f"cand{k}": funcs[f"cand{k}"] for k in g})
+                             for g in groups], target, limit, paths)
+        retry = []
+        for g, path, ok in zip(groups, paths, built):
+            if ok:
+                lib = tvm.runtime.load_module(path)
+                libs.update(dict.fromkeys(g, lib))
+            else:
+                retry += g
+        if retry:  # one of them hangs LLVM: keep those that build on their own
             logger.info("task %s: candidates did not build within %.0f s; building them one by one",
                         name, limit)
-            for k in range(len(cands)):
-                one = os.path.join(tmp, f"cand{k}.so")
-                single = tvm.IRModule({f"cand{k}": funcs[f"cand{k}"]})
-                if _build_isolated(single, target, build_timeout_s / 2, one):
-                    libs[k] = tvm.runtime.load_module(one)
+            for c in range(0, len(retry), parts):
+                chunk = retry[c:c + parts]
+                ones = [os.path.join(tmp, f"cand{k}.so") for k in chunk]
+                built = _build_many([tvm.IRModule({f"cand{k}": funcs[f"cand{k}"]})
+                                     for k in chunk], target, build_timeout_s / 2, ones)
+                for k, one, ok in zip(chunk, ones, built):
+                    if ok:
+                        libs[k] = tvm.runtime.load_module(one)
     costs = []
     for k in range(len(cands)):
         if k not in libs:
@@ -987,10 +1057,18 @@ def build_cpu(
             try:
                 db_json = _json_database(db_path)
             except Exception as e:  # a database that does not load must not cost the fast build
-                logger.warning("tuning database %s is unreadable (%s); building without it",
-                               db_path, str(e).splitlines()[-1][:200] if str(e) else
-                               type(e).__name__)
-                db_json = None
+                # (JSONDatabase replays every record on load; one that does not replay under
+                # this TVM makes all of it unreadable.) It is moved aside, not deleted, and a
+                # fresh one takes this build's records: else every later build pays for it too.
+                aside = db_path.with_name(f"{db_path.name}.unreadable-{time.time_ns()}")
+                logger.warning("tuning database %s is unreadable (%s); moved to %s, building "
+                               "with a fresh one", db_path, str(e).splitlines()[-1][:200]
+                               if str(e) else type(e).__name__, aside.name)
+                try:
+                    db_path.rename(aside)
+                    db_json = _json_database(db_path)
+                except Exception:
+                    db_json = None
             if db_json is not None:
                 logger.info("schedule database %s (%d records)", db_path, len(db_json))
         if tune_trials > 0:

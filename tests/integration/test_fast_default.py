@@ -183,3 +183,12 @@ def test_tuning_database_stays_loadable(tmp_path, caplog):
               options={"budget_s": 15}, report=report)
     assert "unreadable" in caplog.text
     assert report["schedules"] and all(r["source"] != "database" for r in report["schedules"])
+    # The broken one is kept aside, and a fresh database took this build's records: the next
+    # build reads them again instead of paying for the broken file forever.
+    assert [p.name for p in db.iterdir() if ".unreadable-" in p.name]
+    caplog.clear()
+    report = {}
+    build_cpu(from_onnx(model, keep_params_in_input=False), target, database_dir=db,
+              options={"budget_s": 15}, report=report)
+    assert "unreadable" not in caplog.text
+    assert any(r["source"] == "database" for r in report["schedules"]), report

@@ -71,3 +71,37 @@ def test_conv_then_lstm_builds_in_nhwc_and_matches_onnxruntime(tmp_path, caplog)
     ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feed)
     for a, b in zip(ours, ref):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_tvm_frontend_stack_does_not_cost_the_nhwc_layout(caplog):
+    """TVM's own converters emit relax.stack too (variadic Max/Min/Sum/Mean): the build rewrites
+    any stack before ConvertLayout, so a conv followed by Max(a, b, c) stays in NHWC."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from compiler.converters import install
+    from compiler.optimize import build_cpu
+
+    rng = np.random.default_rng(9)
+    w = numpy_helper.from_array((rng.standard_normal((4, 2, 3, 3)) * 0.3).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["b"]), helper.make_node("Neg", ["a"], ["c"]),
+             helper.make_node("Max", ["a", "b", "c"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    install()
+    mod = from_onnx(model, keep_params_in_input=False)
+    assert "R.stack" in mod.script()  # TVM's variadic Max
+    caplog.set_level(logging.INFO, logger="compiler.optimize")
+    report: dict = {}
+    ex = build_cpu(mod, tvm.target.Target("llvm"), report=report,
+                   options={"measure": False, "candidates": 1})
+    assert "layout conversion failed" not in caplog.text
+    assert report["options"]["layout"] == "NHWC"
+    x = rng.standard_normal((1, 2, 8, 8)).astype(np.float32)
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(got, sess.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
