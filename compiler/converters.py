@@ -58,6 +58,17 @@ def install() -> None:
     _installed["original"] = original
 
 
+def rewrite_functions(mod: Any, mutator: Any) -> Any:
+    """``mod`` with every relax function visited by ``mutator`` (a ``PyExprMutator`` built on
+    ``mod``)."""
+    from tvm import relax
+
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gv, mutator.visit_expr(func))
+    return mutator.builder_.get()
+
+
 def materialize_zero_size(mod: Any) -> Any:
     """Replace every zero-size tensor (a constant, or an operator call whose static shape has a
     0) by an uninitialised ``R.builtin.alloc_tensor`` of that shape: there is nothing to
@@ -92,11 +103,7 @@ def materialize_zero_size(mod: Any) -> Any:
                     return alloc
             return super().visit_call_(op)
 
-    rewriter = ZeroSize(mod)
-    for gv, func in list(mod.functions.items()):
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-    return rewriter.builder_.get()
+    return rewrite_functions(mod, ZeroSize(mod))
 
 
 def stack(tensors: Any, axis: int = 0) -> Any:

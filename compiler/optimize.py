@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import random
 import sys
 import time
 import types
@@ -166,8 +167,10 @@ def _fast_math(mod):
     without it (10.5 vs 2.5 ms a call). General ``exp`` is left alone: its overflow to inf above
     88.7 is observable."""
     import tvm
-    from tvm import relax, topi
+    from tvm import topi
     from tvm.relax import PyExprMutator, expr_functor
+
+    from .converters import rewrite_functions
 
     fast = {"relax.erf": topi.fast_erf, "relax.tanh": topi.fast_tanh,
             "relax.nn.softmax": topi.nn.fast_softmax}
@@ -183,11 +186,7 @@ def _fast_math(mod):
                 return self.builder_.call_te(fast[call.op.name], *args)
             return super().visit_call_(call)
 
-    mutator = _FastMath(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gv, mutator.visit_expr(func))
-    return mutator.builder_.get()
+    return rewrite_functions(mod, _FastMath(mod))
 
 
 def _stack_as_concat(mod):
@@ -201,7 +200,7 @@ def _stack_as_concat(mod):
     from tvm import relax
     from tvm.relax import PyExprMutator, expr_functor
 
-    from .converters import stack
+    from .converters import rewrite_functions, stack
 
     @expr_functor.mutator
     class _Stack(PyExprMutator):  # type: ignore[misc]
@@ -214,11 +213,7 @@ def _stack_as_concat(mod):
                 return stack(items, 0 if axis is None else int(axis))
             return super().visit_call_(call)
 
-    mutator = _Stack(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gv, mutator.visit_expr(func))
-    return mutator.builder_.get()
+    return rewrite_functions(mod, _Stack(mod))
 
 
 def _preprocess(mod, target, opts):
@@ -426,7 +421,7 @@ class _CostModel:
         self.oversample = oversample
         self.timed = 0
         self.warmup = warmup
-        self.rng = __import__("random").Random(seed)
+        self.rng = random.Random(seed)
 
     @staticmethod
     def _candidates(scheds) -> list:

@@ -148,6 +148,8 @@ def rewrite(mod: Any, m: int = TILE, min_hw: int = MIN_HW) -> tuple[Any, int]:
     from tvm import relax
     from tvm.relax import PyExprMutator, expr_functor
 
+    from .converters import rewrite_functions
+
     a64, b64, g64 = transform_matrices(m)
     a_const = relax.const(a64.astype(np.float32))
     b_const = relax.const(b64.astype(np.float32))
@@ -172,11 +174,7 @@ def rewrite(mod: Any, m: int = TILE, min_hw: int = MIN_HW) -> tuple[Any, int]:
             return bb.call_te(_inverse_te, mm, a_const, dims[0], (dims[1], dims[2]), m,
                               primfunc_name_hint="winograd_inverse")
 
-    mutator = _Winograd(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gv, mutator.visit_expr(func))
-    out = mutator.builder_.get()
+    out = rewrite_functions(mod, _Winograd(mod))
     if count:
         out = relax.transform.DeadCodeElimination()(out)
         logger.info("winograd: %d conv2d rewritten (F(%dx%d, 3x3))", count, m, m)
