@@ -54,6 +54,9 @@ def test_trained_model_picks_the_best_ranked_samples_plus_one_random():
     assert np.all(np.isfinite(scores))
     # The picks still run and compute the task (a model only ranks, it never edits a schedule).
     assert all(np.isfinite(_time_candidates(picked, target, task.task_name)))
+    # Timed with every buffer flushed first (cold_weight=1): still a finite time per candidate.
+    cold = _time_candidates(picked, target, task.task_name, cold_weight=1.0)
+    assert len(cold) == 4 and all(np.isfinite(cold)) and min(cold) > 0
 
 
 def test_build_without_xgboost_times_random_samples(monkeypatch, caplog):
