@@ -68,6 +68,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "prepack": True,          # schedules may rewrite weight layouts; folded at compile time
     "fast_math": True,        # float32 erf/tanh/softmax with vectorisable polynomials (<= 6e-7)
     "winograd": True,         # NHWC float32 3x3 stride-1 convolutions as Winograd F(4x4, 3x3)
+    "depthwise": True,        # NHWC depthwise convolutions also get compiler.depthwise's schedules
     "seed": 0,
 }
 
@@ -818,6 +819,9 @@ def _sample_database(mod, target, opts, measure: bool, persist=None, entries=Non
     ranked: dict[int, list[tuple[float, int, Any]]] = {}  # task -> every timed (cost, #, schedule)
     samplers: dict[int, _TaskSampler] = {}
     drawn: dict[int, int] = {}
+    templates: dict[int, list] = {}  # hand-written candidates (compiler.depthwise)
+    feats = _isa_features(target) if measure else set()
+    lanes = 16 if "avx512f" in feats else 8 if {"avx", "avx2"} & feats else 4  # float32 lanes
     model = None
     if measure and opts.get("cost_model", True):
         try:
@@ -840,6 +844,7 @@ def _sample_database(mod, target, opts, measure: bool, persist=None, entries=Non
     def search(i: int, n: int) -> None:
         nonlocal n_timed, model
         cands = model.pick(samplers[i], n) if model is not None else samplers[i].draw(n)
+        cands = templates.pop(i, []) + cands  # timed with the first samples
         drawn[i] = drawn.get(i, 0) + len(cands)
         if not cands:
             return
@@ -884,6 +889,10 @@ def _sample_database(mod, target, opts, measure: bool, persist=None, entries=Non
                         str(e).splitlines()[0] if str(e) else type(e).__name__)
             n_fail += 1
             continue
+        if measure and opts.get("depthwise", True):
+            from . import depthwise
+
+            templates[i] = depthwise.candidates(task.dispatched[0], samplers[i].postprocs, lanes)
         # At least 3 timed samples even for small tasks: FLOP share misjudges memory-bound ones
         # (a LayerNorm with 1 untimed sample took 79% of the transformer's run time).
         n = max(min(3, k1), min(k1, math.ceil(k1 * flops[i] / total * len(tasks))))
