@@ -12,8 +12,7 @@ def _tasks(channels: int, groups: int, stride: int = 1):
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
-    from compiler.optimize import (DEFAULT_OPTIONS, _canon_target, _ms_target, _preprocess,
-                                   stub_tensor_intrin)
+    from compiler.optimize import DEFAULT_OPTIONS, _canon_target, _ms_target, _preprocess, stub_tensor_intrin
 
     rng = np.random.default_rng(0)
     bb = relax.BlockBuilder()
