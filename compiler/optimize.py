@@ -1038,11 +1038,19 @@ def _apply_dlight(mod, target):
         return dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction())(mod)
 
 
+# Bumped when the search can find better schedules than the records it stored before: a task
+# with a record is not searched again, so without a new database a better search never reaches
+# the layers an older one stored (2: the depthwise template). Old databases stay on disk.
+SEARCH_GENERATION = 2
+
+
 def _target_key(target) -> str:
-    """Directory name for a target's schedule database (schedules are target specific)."""
+    """Directory name for a target's schedule database (schedules are target specific, and
+    records are kept per search generation)."""
     import hashlib
 
     cfg = {k: v for k, v in dict(target.export()).items() if k not in ("tag",)}
+    cfg["edgeforge.search_generation"] = SEARCH_GENERATION
     return hashlib.sha256(repr(sorted((str(k), str(v)) for k, v in cfg.items())).encode()).hexdigest()[:16]
 
 
