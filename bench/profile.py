@@ -21,7 +21,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from typing import Any
 
 _HEAVY_ORT = ("Conv", "FusedConv", "Gemm", "MatMul", "FusedGemm", "FusedMatMul", "NchwcConv")
@@ -54,25 +53,13 @@ def ort_profile(model, feed, threads: int, runs: int) -> list[tuple[str, str, fl
     return [(n, op, statistics.median(per[n])) for n, op in order]
 
 
-def vm_profile(vm_main, vm, inputs, runs: int) -> list[tuple[str, float]]:
+def vm_profile(vm, inputs, runs: int) -> list[tuple[str, float]]:
     """(function, median seconds) per call of the executable, in call order (one run)."""
-    calls: list[tuple[str, float]] = []
-    start: dict[str, float] = {}
+    from compiler.inmodel import call_times
 
-    def instrument(func, symbol, before, ret, *args):  # the VM instrument signature
-        if before:
-            start[symbol] = time.perf_counter()
-        else:
-            calls.append((symbol, time.perf_counter() - start[symbol]))
-        return 0
-
-    vm.set_instrument(instrument)
-    for _ in range(runs):
-        vm_main(*inputs)
-    vm.set_instrument(None)
-    per_run = len(calls) // runs
-    return [(calls[i][0], statistics.median(calls[i + k * per_run][1] for k in range(runs)))
-            for i in range(per_run)]
+    per_run = call_times(vm, inputs, runs)
+    return [(symbol, statistics.median(run[k][1] for run in per_run))
+            for k, (symbol, _) in enumerate(per_run[0])]
 
 
 def pair_kernels(ours: list[tuple[str, float]], theirs: list[tuple[str, str, float]]):
@@ -114,7 +101,7 @@ def main(argv=None) -> int:
                    options=json.loads(args.options) if args.options else None)
     vm = relax.VirtualMachine(ex, tvm.cpu())
     inputs = [tvm.runtime.tensor(v) for v in feed.values()]
-    ours = vm_profile(vm["main"], vm, inputs, args.runs)
+    ours = vm_profile(vm, inputs, args.runs)
     theirs = ort_profile(model, feed, args.threads, args.runs)
 
     kernels = [(s, t) for s, t in ours if not s.startswith("vm.builtin")]

@@ -39,7 +39,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["kernel_times", "model_inputs", "refine", "whole_model_ratio"]
+__all__ = ["call_times", "kernel_times", "model_inputs", "refine", "whole_model_ratio"]
 
 
 def model_inputs(func, dev) -> list | None:
@@ -64,18 +64,17 @@ def model_inputs(func, dev) -> list | None:
     return args
 
 
-def kernel_times(vm, inputs: list, runs: int) -> dict[str, float]:
-    """Seconds per inference spent in each compiled function (all its calls in one run summed;
-    median over ``runs`` runs), from the relax VM's instrument hook. VM builtins are left out."""
-    per_run: list[dict[str, float]] = []
-    current: dict[str, float] = {}
+def call_times(vm, inputs: list, runs: int) -> list[list[tuple[str, float]]]:
+    """Per run, every call of the executable in call order: (function, seconds), from the relax
+    VM's instrument hook (one warm-up run first; VM builtins included)."""
+    runs_out: list[list[tuple[str, float]]] = []
     start: dict[str, float] = {}
 
     def instrument(func, symbol, before, ret, *args):  # the VM instrument signature
         if before:
             start[symbol] = time.perf_counter()
         else:
-            current[symbol] = current.get(symbol, 0.0) + time.perf_counter() - start[symbol]
+            runs_out[-1].append((symbol, time.perf_counter() - start[symbol]))
         return 0
 
     main = vm["main"]
@@ -83,12 +82,24 @@ def kernel_times(vm, inputs: list, runs: int) -> dict[str, float]:
     vm.set_instrument(instrument)
     try:
         for _ in range(runs):
-            current = {}
+            runs_out.append([])
             main(*inputs)
-            per_run.append(current)
     finally:
         vm.set_instrument(None)
-    names = {s for run in per_run for s in run if not s.startswith("vm.builtin")}
+    return runs_out
+
+
+def kernel_times(vm, inputs: list, runs: int) -> dict[str, float]:
+    """Seconds per inference spent in each compiled function (all its calls in one run summed;
+    median over ``runs`` runs). VM builtins are left out."""
+    per_run = []
+    for calls in call_times(vm, inputs, runs):
+        run: dict[str, float] = {}
+        for symbol, t in calls:
+            if not symbol.startswith("vm.builtin"):
+                run[symbol] = run.get(symbol, 0.0) + t
+        per_run.append(run)
+    names = {s for run in per_run for s in run}
     return {s: statistics.median(run.get(s, 0.0) for run in per_run) for s in names}
 
 

@@ -938,11 +938,9 @@ def _sample_database(mod, target, opts, measure: bool, persist=None, entries=Non
             except Exception as e:  # a refinement only re-ranks: it must not cost the build
                 logger.warning("in-model selection failed (%s); the search's winners are kept",
                                str(e).splitlines()[0] if str(e) else type(e).__name__)
-    db = ms.database.MemoryDatabase()
+    db = _memory_database(tasks, {i: sch for i, (sch, _) in best.items()}, target)
     for i, (sch, cost) in best.items():
         task = tasks[i]
-        wl = db.commit_workload(task.dispatched[0])
-        db.commit_tuning_record(ms.database.TuningRecord(sch.trace, wl, [1.0], target, None))
         if entries is not None:
             source = "in-model" if i in refined else "timed" if cost is not None else "sampled"
             entries.append(schedule_entry(task, source, sch.trace, cost))
@@ -968,13 +966,31 @@ def _sample_database(mod, target, opts, measure: bool, persist=None, entries=Non
     return db
 
 
+def _memory_database(tasks, choice: dict, target):
+    """An in-memory MetaSchedule database with ``choice``'s schedule (task -> schedule) per task."""
+    from tvm.s_tir import meta_schedule as ms
+
+    db = ms.database.MemoryDatabase()
+    for i, sch in choice.items():
+        wl = db.commit_workload(tasks[i].dispatched[0])
+        db.commit_tuning_record(ms.database.TuningRecord(sch.trace, wl, [1.0], target, None))
+    return db
+
+
 def _compile_scheduled(mod, target, mst, db, prepack: bool):
-    """Apply ``db``'s schedules to ``mod``, fold the prepacked weights, compile."""
-    import tvm
+    """Apply ``db``'s schedules to ``mod``, then :func:`_finish`."""
     from tvm import relax
 
     with mst, db:
         mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+    return _finish(mod, target, prepack)
+
+
+def _finish(mod, target, prepack: bool):
+    """Fold the prepacked weights (with ``prepack``), compile."""
+    import tvm
+    from tvm import relax
+
     if prepack:
         # Split each scheduled weight-layout rewrite into its own function and fold it: weights
         # are constants embedded in the module, so the artifact carries them prepacked.
@@ -991,16 +1007,12 @@ def _refine_in_model(mod, target, mst, opts, tasks, best, ranked, out: dict):
     import tempfile
 
     import tvm
-    from tvm.s_tir import meta_schedule as ms
 
     from . import inmodel
 
     def compile_fn(choice: dict) -> Any:
-        db = ms.database.MemoryDatabase()
-        for i, sch in choice.items():
-            wl = db.commit_workload(tasks[i].dispatched[0])
-            db.commit_tuning_record(ms.database.TuningRecord(sch.trace, wl, [1.0], mst, None))
-        return _compile_scheduled(mod, target, mst, db, bool(opts.get("prepack")))
+        return _compile_scheduled(mod, target, mst, _memory_database(tasks, choice, mst),
+                                  bool(opts.get("prepack")))
 
     timed = [i for i, (_, c) in best.items() if c is not None]
     build_timeout_s = float(opts.get("build_timeout_s", 30.0))
@@ -1134,7 +1146,6 @@ def build_cpu(
     """
     import tempfile
 
-    import tvm
     from tvm import relax
 
     opts = dict(DEFAULT_OPTIONS)
@@ -1235,6 +1246,6 @@ def build_cpu(
     if sched == "dlight":
         mod = _apply_dlight(mod, target)
     t3 = time.perf_counter()
-    ex = tvm.compile(mod, target=target)
+    ex = _finish(mod, target, bool(opts.get("prepack")))
     logger.info("codegen: %.1f s (total %.1f s)", time.perf_counter() - t3, time.perf_counter() - t0)
     return ex
