@@ -5,10 +5,10 @@ function unscheduled (no parallelism, no tiling, little vectorisation) for CPU t
 instead:
 
 1. runs inference simplifications, converts 2-D convolutions to NHWC (``layout``), rewrites
-   float32 3x3 stride-1 convolutions as Winograd F(4x4, 3x3) (``winograd``, compiler.winograd) and
-   fuses
-   (``DecomposeOpsForInference``, ``ConvertLayout``, ``LegalizeOps``, ``FoldConstant``,
-   ``FuseOps``/``FuseTIR``); weights are marked layout-free (``prepack``),
+   float32 3x3 stride-1 convolutions as Winograd F(4x4, 3x3), or F(2x2, 3x3) on small feature
+   maps (``winograd``, compiler.winograd), and fuses (``DecomposeOpsForInference``,
+   ``ConvertLayout``, ``LegalizeOps``, ``FoldConstant``, ``FuseOps``/``FuseTIR``); weights
+   are marked layout-free (``prepack``),
 2. gives every fused TIR function a schedule without a tuning run: seeded samples of MetaSchedule's
    default design space for the target, post-processed; when the target's code runs on this machine
    samples are built into one module per task and timed in-process, the fastest kept (a first
@@ -67,7 +67,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "layout": "auto",         # "auto" (NHWC when the model has a 2-D convolution) | "NHWC" | None
     "prepack": True,          # schedules may rewrite weight layouts; folded at compile time
     "fast_math": True,        # float32 erf/tanh/softmax with vectorisable polynomials (<= 6e-7)
-    "winograd": True,         # NHWC float32 3x3 stride-1 convolutions as Winograd F(4x4, 3x3)
+    "winograd": True,         # NHWC float32 3x3 stride-1 convs as Winograd F(m x m, 3x3): True
+                              # picks m per layer (winograd.choose_tile), an int forces it
     "depthwise": True,        # NHWC depthwise convolutions also get compiler.depthwise's schedules
     "seed": 0,
 }
@@ -250,7 +251,8 @@ def _preprocess(mod, target, opts):
 
         with target:
             mod = tvm.transform.Sequential(seq)(mod)
-        mod, _ = winograd.rewrite(mod)
+        wg = opts["winograd"]
+        mod, _ = winograd.rewrite(mod, None if wg is True else int(wg))
         seq = []
     seq += [
         relax.transform.LegalizeOps(),

@@ -26,6 +26,13 @@ the channel count, the same order as the direct convolution's summation-order di
 When it applies (``eligible``): the output must be at least ``min_hw`` on each side (small
 feature maps waste most of a 4×4 tile and read a 4× larger weight per output) and the GEMM
 must have enough work to amortise the transforms.
+
+The tile size is chosen per convolution (``choose_tile``): the batched GEMM reads its
+transformed weight, (m+2)² × Ci × Co floats, once per inference, and a model's weights do not
+stay in cache from one inference to the next. With few output tiles the GEMM is bound by that
+read, not by its multiply-adds: ResNet-18's 7×7×512 layers have 4 tiles of 4×4, a 37.7 MB
+F(4×4) weight, and their GEMMs took 2.35-2.77 ms in the model (about 14 GB/s, this core's
+memory bandwidth) against 1.6 ms timed alone with the weight in cache. F(2×2) reads 16.8 MB.
 """
 
 from __future__ import annotations
@@ -39,7 +46,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["rewrite", "transform_matrices"]
 
-TILE = 4          # m: outputs per tile side
+TILE = 4          # m: outputs per tile side, the largest one chosen
+TILES = (2, 4)    # the tile sizes choose_tile picks from
+BALANCE = 8.0     # float32 multiply-add FLOPs a core runs per byte it reads from memory (this
+                  # x86 core: ~100 GFLOP/s against ~14 GB/s; a Cortex-A72: ~20 against ~4)
 MIN_HW = 7        # smallest output side rewritten (7x7x512: 1.6 ms vs 2.9 ms direct)
 MIN_CHANNELS = 16  # smallest input and output channel count rewritten
 
@@ -51,6 +61,22 @@ def transform_matrices(m: int = TILE, r: int = 3) -> tuple[np.ndarray, np.ndarra
     pts = _interpolation_points(m + r - 2)
     a, b, g = _cook_toom_convolution(pts, m, r)
     return np.asarray(a, np.float64), np.asarray(b, np.float64), np.asarray(g, np.float64)
+
+
+def choose_tile(n: int, out_hw: tuple[int, int], tiles: tuple[int, ...] = TILES,
+                balance: float = BALANCE) -> int:
+    """The tile size m whose batched GEMM has the smallest roofline time, max(FLOPs, weight
+    bytes x ``balance``), per input x output channel pair (the channel counts cancel): the GEMM
+    does 2 (m+2)² P multiply-adds per weight float for P output tiles and reads (m+2)² x 4
+    bytes of weight. Ties go to the smaller weight (threads add FLOPs, not bandwidth).
+    7x7 -> 2, 14x14 and larger -> 4."""
+
+    def cost(m: int) -> tuple[float, int]:
+        alpha2 = (m + 2) ** 2
+        p = n * -(-out_hw[0] // m) * -(-out_hw[1] // m)
+        return max(2.0 * alpha2 * p, 4.0 * alpha2 * balance), alpha2
+
+    return min(tiles, key=cost)
 
 
 def _weight_pack(kernel_ohwi: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -143,17 +169,25 @@ def eligible(call: Any, min_hw: int = MIN_HW) -> bool:
     return dims[1] >= min_hw and dims[2] >= min_hw
 
 
-def rewrite(mod: Any, m: int = TILE, min_hw: int = MIN_HW) -> tuple[Any, int]:
-    """``mod`` with every eligible conv2d replaced by its Winograd form; (module, count)."""
+def rewrite(mod: Any, m: int | None = None, min_hw: int = MIN_HW) -> tuple[Any, int]:
+    """``mod`` with every eligible conv2d replaced by its Winograd form; (module, count).
+    ``m``: the tile size of every rewritten convolution (None: :func:`choose_tile` per layer)."""
     from tvm import relax
     from tvm.relax import PyExprMutator, expr_functor
 
     from .converters import rewrite_functions
 
-    a64, b64, g64 = transform_matrices(m)
-    a_const = relax.const(a64.astype(np.float32))
-    b_const = relax.const(b64.astype(np.float32))
+    mats: dict[int, tuple[Any, Any, np.ndarray]] = {}
+
+    def matrices(m: int) -> tuple[Any, Any, np.ndarray]:
+        if m not in mats:
+            a64, b64, g64 = transform_matrices(m)
+            mats[m] = (relax.const(a64.astype(np.float32)), relax.const(b64.astype(np.float32)),
+                       g64)
+        return mats[m]
+
     count = 0
+    used: dict[int, int] = {}
 
     @expr_functor.mutator
     class _Winograd(PyExprMutator):  # type: ignore[misc]
@@ -165,17 +199,21 @@ def rewrite(mod: Any, m: int = TILE, min_hw: int = MIN_HW) -> tuple[Any, int]:
             x, w = call.args
             dims = [int(d) for d in call.ty.shape.values]
             pads = tuple(int(p) for p in call.attrs.padding)
+            mt = m if m is not None else choose_tile(dims[0], (dims[1], dims[2]))
+            a_const, b_const, g64 = matrices(mt)
             u = _weight_pack(w.value.numpy(), g64)
             bb = self.builder_
-            v = bb.emit(bb.call_te(_data_pack_te, x, b_const, pads, (dims[1], dims[2]), m,
+            v = bb.emit(bb.call_te(_data_pack_te, x, b_const, pads, (dims[1], dims[2]), mt,
                                    primfunc_name_hint="winograd_data_pack"))
             mm = bb.emit(relax.op.matmul(v, relax.const(u)))
             count += 1
-            return bb.call_te(_inverse_te, mm, a_const, dims[0], (dims[1], dims[2]), m,
+            used[mt] = used.get(mt, 0) + 1
+            return bb.call_te(_inverse_te, mm, a_const, dims[0], (dims[1], dims[2]), mt,
                               primfunc_name_hint="winograd_inverse")
 
     out = rewrite_functions(mod, _Winograd(mod))
     if count:
         out = relax.transform.DeadCodeElimination()(out)
-        logger.info("winograd: %d conv2d rewritten (F(%dx%d, 3x3))", count, m, m)
+        logger.info("winograd: %d conv2d rewritten (%s)", count,
+                    ", ".join(f"{k} as F({t}x{t}, 3x3)" for t, k in sorted(used.items())))
     return out, count

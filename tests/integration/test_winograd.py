@@ -1,6 +1,6 @@
-"""Winograd F(4x4, 3x3) rewrite of NHWC 3x3 convolutions (compiler.winograd): the transform is
-exact in exact arithmetic, the rewrite picks only the convolutions it handles, and a scheduled
-build of a rewritten model matches onnxruntime."""
+"""Winograd F(m x m, 3x3) rewrite of NHWC 3x3 convolutions (compiler.winograd): the transforms
+are exact in exact arithmetic, the rewrite picks only the convolutions it handles and a tile size
+per layer, and scheduled builds of rewritten models match onnxruntime."""
 
 from __future__ import annotations
 
@@ -14,15 +14,29 @@ from onnx import TensorProto, helper, numpy_helper
 from compiler import winograd
 
 
-def test_transform_matrices_compute_a_valid_correlation():
-    """A^T [(G g) * (B^T d)] is the valid 1-D correlation of d (6 samples) with g (3 taps)."""
-    a, b, g = winograd.transform_matrices(4)
-    assert a.shape == (6, 4) and b.shape == (6, 6) and g.shape == (6, 3)
+@pytest.mark.parametrize("m", [2, 4])
+def test_transform_matrices_compute_a_valid_correlation(m):
+    """A^T [(G g) * (B^T d)] is the valid 1-D correlation of d (m+2 samples) with g (3 taps)."""
+    a, b, g = winograd.transform_matrices(m)
+    alpha = m + 2
+    assert a.shape == (alpha, m) and b.shape == (alpha, alpha) and g.shape == (alpha, 3)
     rng = np.random.default_rng(0)
     for _ in range(5):
-        d, k = rng.standard_normal(6), rng.standard_normal(3)
-        want = np.array([d[i:i + 3] @ k for i in range(4)])
+        d, k = rng.standard_normal(alpha), rng.standard_normal(3)
+        want = np.array([d[i:i + 3] @ k for i in range(m)])
         np.testing.assert_allclose(a.T @ ((g @ k) * (b.T @ d)), want, rtol=1e-12, atol=1e-12)
+
+
+def test_tile_size_follows_the_weight_read():
+    """Few output tiles: the GEMM is bound by reading its transformed weight, (m+2)^2 floats per
+    channel pair, so the small tile wins (ResNet-18's 7x7 stage); large maps keep F(4x4)."""
+    assert winograd.choose_tile(1, (7, 7)) == 2
+    assert winograd.choose_tile(1, (8, 8)) == 2
+    for hw in (14, 28, 56, 112):
+        assert winograd.choose_tile(1, (hw, hw)) == 4
+    assert winograd.choose_tile(4, (7, 7)) == 4  # a batch of 4 reads the weight for 16 tiles
+    # a machine with more bandwidth per FLOP keeps the big tile longer
+    assert winograd.choose_tile(1, (7, 7), balance=1.0) == 4
 
 
 def _conv_model(c_in: int, c_out: int, hw: int, *, stride: int = 1, group: int = 1,
@@ -68,10 +82,12 @@ def test_rewrite_picks_only_the_convolutions_it_handles(kwargs, expected):
     assert count == expected
 
 
-@pytest.mark.parametrize(("c_in", "c_out", "hw"), [(16, 24, 12), (32, 16, 9)])
-def test_scheduled_build_matches_onnxruntime(c_in, c_out, hw, caplog):
-    """Through build_cpu's default (NHWC, Winograd, prepack), including a size that is not a
-    multiple of the 4x4 tile (the last tiles are padded and cropped)."""
+@pytest.mark.parametrize(("c_in", "c_out", "hw", "tile"),
+                         [(16, 24, 12, 2), (32, 16, 9, 2), (16, 16, 14, 4), (16, 24, 9, 4)])
+def test_scheduled_build_matches_onnxruntime(c_in, c_out, hw, tile, caplog):
+    """Through build_cpu's default (NHWC, Winograd, prepack), with the tile size it picks (2 at
+    12x12 and 9x9, 4 at 14x14) or a forced one, including sizes that are not a multiple of the
+    tile (the last tiles are padded and cropped)."""
     import tvm
     from tvm import relax
 
@@ -84,9 +100,12 @@ def test_scheduled_build_matches_onnxruntime(c_in, c_out, hw, caplog):
     mod = from_onnx(onnx.load_from_string(data), keep_params_in_input=False)
     target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu",
                                 "mcpu": "x86-64-v2"})
+    opts = {"measure": False, "candidates": 1}
+    if winograd.choose_tile(1, (hw, hw)) != tile:
+        opts["winograd"] = tile
     with caplog.at_level(logging.INFO, logger="compiler.winograd"):
-        ex = build_cpu(mod, target, options={"measure": False, "candidates": 1})
-    assert "winograd: 1 conv2d rewritten" in caplog.text
+        ex = build_cpu(mod, target, options=opts)
+    assert f"winograd: 1 conv2d rewritten (1 as F({tile}x{tile}, 3x3))" in caplog.text
     vm = relax.VirtualMachine(ex, tvm.cpu())
     ours = vm["main"](tvm.runtime.tensor(feed["x"])).numpy()
     ref = ort.InferenceSession(data).run(None, feed)[0]
