@@ -70,6 +70,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "winograd": True,         # NHWC float32 3x3 stride-1 convs as Winograd F(m x m, 3x3): True
                               # picks m per layer (winograd.choose_tile), an int forces it
     "depthwise": True,        # NHWC depthwise convolutions also get compiler.depthwise's schedules
+    "expand_dw": True,        # 1x1 conv -> 3x3 depthwise pairs as one kernel (compiler.expand_dw)
     "seed": 0,
 }
 
@@ -246,14 +247,19 @@ def _preprocess(mod, target, opts):
         seq.append(relax.transform.ConvertLayout({"relax.nn.conv2d": [layout, kernel],
                                                   "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}))
         seq.append(relax.transform.FoldConstant())
-    if layout == "NHWC" and opts.get("winograd", True):
-        from . import winograd
-
+    if layout == "NHWC" and (opts.get("winograd", True) or opts.get("expand_dw", True)):
         with target:
             mod = tvm.transform.Sequential(seq)(mod)
-        wg = opts["winograd"]
-        mod, _ = winograd.rewrite(mod, None if wg is True else int(wg))
         seq = []
+        if opts.get("expand_dw", True):
+            from . import expand_dw
+
+            mod, _ = expand_dw.rewrite(mod, _f32_lanes(target), _num_cores(target))
+        if opts.get("winograd", True):
+            from . import winograd
+
+            wg = opts["winograd"]
+            mod, _ = winograd.rewrite(mod, None if wg is True else int(wg))
     seq += [
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
@@ -287,6 +293,9 @@ def _float_layout_free_only(mod, _ctx):
             continue
         idx = f.attrs.get("layout_free_buffers", None)
         if idx is None:
+            continue
+        if f.attrs.get("tirx.is_scheduled", False):  # hand-written (compiler.expand_dw): as is
+            updates[gv] = f.without_attr("layout_free_buffers")
             continue
         args = ArgInfo.from_prim_func(f)
         keep = [int(i) for i in idx
@@ -323,6 +332,12 @@ def _isa_features(target) -> set[str]:
 
     feats = codegen.llvm_get_cpu_features(target)
     return {str(f) for f in feats if str(f).startswith(_ISA_PREFIXES)}
+
+
+def _f32_lanes(target) -> int:
+    """float32 lanes of the target's widest vector registers (AVX-512: 16, AVX: 8, else 4)."""
+    feats = _isa_features(target)
+    return 16 if "avx512f" in feats else 8 if {"avx", "avx2"} & feats else 4
 
 
 def _runnable_on_host(target) -> bool:
@@ -822,8 +837,7 @@ def _sample_database(mod, target, opts, measure: bool, persist=None, entries=Non
     samplers: dict[int, _TaskSampler] = {}
     drawn: dict[int, int] = {}
     templates: dict[int, list] = {}  # hand-written candidates (compiler.depthwise)
-    feats = _isa_features(target) if measure else set()
-    lanes = 16 if "avx512f" in feats else 8 if {"avx", "avx2"} & feats else 4  # float32 lanes
+    lanes = _f32_lanes(target) if measure else 4
     model = None
     if measure and opts.get("cost_model", True):
         try:

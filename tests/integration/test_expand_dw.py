@@ -1,0 +1,137 @@
+"""Expand + depthwise fusion (compiler.expand_dw): the hand-written kernel against numpy, the
+rewrite against onnxruntime through build_cpu, and the patterns it must leave alone."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from compiler import expand_dw
+
+
+def _reference(x, w1, b1, wd, bd, s, lo1, hi1, lo2, hi2):
+    e = np.clip(np.einsum("nhwk,kc->nhwc", x.astype(np.float64), w1) + b1, lo1, hi1)
+    ep = np.pad(e, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    h, w = x.shape[1:3]
+    oh, ow = (h - 1) // s + 1, (w - 1) // s + 1
+    d = np.zeros((1, oh, ow, e.shape[3]))
+    for ry in range(3):
+        for rx in range(3):
+            d += ep[:, ry:ry + s * (oh - 1) + 1:s, rx:rx + s * (ow - 1) + 1:s, :] * wd[ry, rx]
+    return np.clip(d + bd, lo2, hi2)
+
+
+@pytest.mark.parametrize(("h", "w", "c", "e", "s", "bands", "groups", "wt", "wo_t", "clamp"), [
+    (12, 8, 8, 32, 1, 1, 1, 4, 4, (0.0, 6.0)),
+    (12, 10, 8, 16, 1, 2, 1, 4, 5, (0.0, 3e38)),    # width not a multiple of the expand tile
+    (12, 12, 4, 16, 2, 1, 2, 7, 6, (0.0, 6.0)),     # stride 2, two channel slices
+    (11, 16, 8, 32, 2, 3, 2, 4, 8, (-3e38, 3e38)),  # odd height, 3 bands x 2 slices, no clamp
+])
+def test_kernel_matches_numpy(h, w, c, e, s, bands, groups, wt, wo_t, clamp):
+    import tvm
+
+    rng = np.random.default_rng(h * 100 + w)
+    x = rng.standard_normal((1, h, w, c)).astype(np.float32)
+    w1 = (rng.standard_normal((c, e)) * 0.4).astype(np.float32)
+    b1 = rng.standard_normal(e).astype(np.float32)
+    wd = (rng.standard_normal((3, 3, e)) * 0.4).astype(np.float32)
+    bd = rng.standard_normal(e).astype(np.float32)
+    lo, hi = clamp
+    prim = expand_dw.kernel(h, w, c, e, s, lo, hi, lo, hi, lanes=8, bands=bands, groups=groups,
+                            wt=wt, wo_t=wo_t)
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu",
+                                "mcpu": "x86-64-v2"})
+    lib = tvm.compile(tvm.IRModule({"main": prim}), target=target).mod
+    oh, ow = (h - 1) // s + 1, (w - 1) // s + 1
+    out = tvm.runtime.tensor(np.full((1, oh, ow, e), np.nan, np.float32))
+    lib["main"](*[tvm.runtime.tensor(a) for a in (x, w1, b1, wd, bd)], out)
+    want = _reference(x, w1, b1, wd, bd, s, lo, hi, lo, hi)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def _block_model(c: int, e: int, hw: int, stride: int, *, batch_norm: bool = False,
+                 second_use: bool = False) -> onnx.ModelProto:
+    """1x1 conv c->e + (bias, ReLU6 | batch norm, ReLU) -> depthwise 3x3 + same -> 1x1 conv e->8
+    (MobileNetV2's inverted residual block; DS-CNN's batch-norm form). ``second_use``: the
+    expanded tensor also feeds the output (the fusion must not apply)."""
+    rng = np.random.default_rng(c + e + hw)
+    arrs = {"w1": rng.standard_normal((e, c, 1, 1)) * 0.3, "b1": rng.standard_normal(e),
+            "wd": rng.standard_normal((e, 1, 3, 3)) * 0.3, "bd": rng.standard_normal(e),
+            "w2": rng.standard_normal((8, e, 1, 1)) * 0.3, "lo": np.array(0.0),
+            "hi": np.array(6.0)}
+    for n in ("1", "d"):
+        arrs |= {f"g{n}": rng.random(e) + 0.5, f"be{n}": rng.standard_normal(e),
+                 f"m{n}": rng.standard_normal(e), f"v{n}": rng.random(e) + 0.5}
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in arrs.items()]
+    if batch_norm:
+        nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"]),
+                 helper.make_node("BatchNormalization", ["c1", "g1", "be1", "m1", "v1"], ["n1"]),
+                 helper.make_node("Relu", ["n1"], ["a1"]),
+                 helper.make_node("Conv", ["a1", "wd"], ["c2"], group=e, pads=[1] * 4,
+                                  strides=[stride] * 2),
+                 helper.make_node("BatchNormalization", ["c2", "gd", "bed", "md", "vd"], ["n2"]),
+                 helper.make_node("Relu", ["n2"], ["a2"])]
+    else:
+        nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"]),
+                 helper.make_node("Clip", ["c1", "lo", "hi"], ["a1"]),
+                 helper.make_node("Conv", ["a1", "wd", "bd"], ["c2"], group=e, pads=[1] * 4,
+                                  strides=[stride] * 2),
+                 helper.make_node("Clip", ["c2", "lo", "hi"], ["a2"])]
+    nodes.append(helper.make_node("Conv", ["a2", "w2"], ["y"]))
+    oh = (hw - 1) // stride + 1
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, oh, oh])]
+    if second_use:
+        outputs.append(helper.make_tensor_value_info("a1", TensorProto.FLOAT, [1, e, hw, hw]))
+    graph = helper.make_graph(
+        nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, hw, hw])],
+        outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _build_and_compare(model: onnx.ModelProto, caplog) -> str:
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from compiler.converters import install
+    from compiler.optimize import build_cpu
+
+    install()
+    c, hw = (d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:3])
+    x = np.random.default_rng(1).standard_normal((1, c, hw, hw)).astype(np.float32)
+    ref = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu",
+                                "mcpu": "x86-64-v2"})
+    with caplog.at_level(logging.INFO, logger="compiler.expand_dw"):
+        ex = build_cpu(from_onnx(model, keep_params_in_input=False), target,
+                       options={"measure": False, "candidates": 1})
+    out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x))
+    outs = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
+    for got, want in zip(outs, ref):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4,
+                                   atol=1e-4 * float(np.abs(want).max()))
+    return caplog.text
+
+
+@pytest.mark.parametrize(("stride", "batch_norm"), [(1, False), (2, False), (1, True)])
+def test_rewrite_fuses_the_block_and_matches_onnxruntime(stride, batch_norm, caplog,
+                                                          monkeypatch):
+    monkeypatch.setattr(expand_dw, "MIN_BYTES", 0)  # small model, fused all the same
+    text = _build_and_compare(_block_model(8, 32, 14, stride, batch_norm=batch_norm), caplog)
+    assert "expand+depthwise: 1 pairs fused" in text
+
+
+@pytest.mark.parametrize("case", ["second_use", "small"])
+def test_rewrite_leaves_what_it_must_not_fuse(case, caplog, monkeypatch):
+    """An expanded tensor with another use stays (fusing would compute it twice); one below
+    MIN_BYTES stays in cache between the two kernels, whose searched schedules are faster."""
+    if case == "second_use":
+        monkeypatch.setattr(expand_dw, "MIN_BYTES", 0)
+    text = _build_and_compare(_block_model(8, 32, 14, 1, second_use=case == "second_use"),
+                              caplog)
+    assert "expand+depthwise" not in text
