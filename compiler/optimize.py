@@ -70,7 +70,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "winograd": True,         # NHWC float32 3x3 stride-1 convs as Winograd F(m x m, 3x3): True
                               # picks m per layer (winograd.choose_tile), an int forces it
     "depthwise": True,        # NHWC depthwise convolutions also get compiler.depthwise's schedules
-    "expand_dw": True,        # 1x1 conv -> 3x3 depthwise pairs as one kernel (compiler.expand_dw)
+    "expand_dw": True,        # 1x1 conv -> 3x3 depthwise pairs as one kernel (compiler.expand_dw);
+                              # an int: only where the expanded tensor has at least that many bytes
     "seed": 0,
 }
 
@@ -254,7 +255,9 @@ def _preprocess(mod, target, opts):
         if opts.get("expand_dw", True):
             from . import expand_dw
 
-            mod, _ = expand_dw.rewrite(mod, _f32_lanes(target), _num_cores(target))
+            edw = opts["expand_dw"]
+            mod, _ = expand_dw.rewrite(mod, _f32_lanes(target), _num_cores(target),
+                                       None if edw is True else int(edw))
         if opts.get("winograd", True):
             from . import winograd
 
