@@ -155,3 +155,25 @@ def test_aarch64_build_with_the_fused_kernel_verifies_under_qemu(tmp_path, worke
 
     with tarfile.open(r.artifact) as tar:
         assert b"expand_dw" in tar.extractfile("model.so").read()
+
+
+@pytest.mark.parametrize(("hw", "threads"), [(14, 1), (64, 2)])
+def test_small_pairs_run_on_one_thread(hw, threads):
+    """A pair below PARALLEL_FLOPS (8->32 channels at 14x14: 0.3 MFLOP) is not split across the
+    pool's threads: waking them costs more than it saves (KWS DS-CNN at 2 threads went from
+    0.74x to 1.07x of onnxruntime's time with every pair split); 64x64 (4.5 MFLOP) is."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from compiler.converters import install
+
+    install()
+    mod = from_onnx(_block_model(8, 32, hw, 1), keep_params_in_input=False)
+    mod = tvm.transform.Sequential([
+        relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]}),
+        relax.transform.FoldConstant()])(mod)
+    out, count = expand_dw.rewrite(mod, lanes=8, bands=2)
+    assert count == 1
+    [prim] = [f for f in out.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert f"T.parallel({threads})" in prim.script()
