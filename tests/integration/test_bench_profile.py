@@ -19,9 +19,14 @@ def test_kws_kernels_pair_with_onnxruntime_nodes(tmp_path, capsys, monkeypatch):
     assert main(["kws_dscnn", "--runs", "3", "--options", '{"measure": false}',
                  "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
-    # DS-CNN: first conv, 4 x (depthwise + pointwise), the classifier: 10 kernels on each side
-    assert len(rows) == 10, rows
-    assert [r["ort_op"] for r in rows[:9]] == ["Conv"] * 9 and rows[9]["ort_op"] == "Gemm"
-    assert all("conv2d" in r["function"] for r in rows[:9]) and "matmul" in rows[9]["function"]
+    # DS-CNN: first conv, 4 x (depthwise + pointwise), the classifier: 10 onnxruntime nodes; on
+    # our side the 3 pointwise -> next depthwise pairs are fused (compiler.expand_dw), so
+    # 7 kernels, each fused one paired with 2 nodes
+    assert len(rows) == 7, rows
+    assert [r["function"].startswith("expand_dw") for r in rows] == [False, False] + [True] * 3 \
+        + [False, False], rows
+    assert [r["ort_op"] for r in rows] == ["Conv"] * 2 + ["Conv+Conv"] * 3 + ["Conv", "Gemm"]
+    assert all("conv2d" in r["function"] for r in rows[:2] + rows[5:6])
+    assert "matmul" in rows[6]["function"]
     assert all(r["ms"] > 0 and r["ort_ms"] > 0 and r["ratio"] > 0 for r in rows)
     assert re.search(r"onnxruntime \d+ nodes", capsys.readouterr().out)
