@@ -297,9 +297,6 @@ def _float_layout_free_only(mod, _ctx):
         idx = f.attrs.get("layout_free_buffers", None)
         if idx is None:
             continue
-        if f.attrs.get("tirx.is_scheduled", False):  # hand-written (compiler.expand_dw): as is
-            updates[gv] = f.without_attr("layout_free_buffers")
-            continue
         args = ArgInfo.from_prim_func(f)
         keep = [int(i) for i in idx
                 if str(getattr(args[int(i)], "dtype", "")).startswith(("float", "bfloat"))]
