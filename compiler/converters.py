@@ -69,6 +69,27 @@ def rewrite_functions(mod: Any, mutator: Any) -> Any:
     return mutator.builder_.get()
 
 
+def nhwc_conv_weight(call: Any) -> list[int] | None:
+    """The OHWI weight shape of ``call`` when it is a ``relax.nn.conv2d`` with NHWC data, a
+    constant float32 weight, float32 data and output and dilation 1 (what the NHWC rewrites of
+    ``compiler.winograd`` and ``compiler.expand_dw`` start from); None otherwise."""
+    from tvm.ir import Call
+    from tvm.ir import GenericConst as Constant
+
+    if not isinstance(call, Call) or getattr(call.op, "name", "") != "relax.nn.conv2d":
+        return None
+    at = call.attrs
+    if (str(at.data_layout) != "NHWC" or str(at.kernel_layout) != "OHWI"
+            or str(at.out_layout) not in ("NHWC", "") or [int(d) for d in at.dilation] != [1, 1]
+            or (at.out_dtype is not None and str(at.out_dtype) not in ("", "float32", "void"))):
+        return None
+    x, w = call.args
+    if not isinstance(w, Constant) or str(w.value.dtype) != "float32" \
+            or str(getattr(x.ty, "dtype", "")) != "float32":
+        return None
+    return [int(d) for d in w.value.shape]
+
+
 def materialize_zero_size(mod: Any) -> Any:
     """Replace every zero-size tensor (a constant, or an operator call whose static shape has a
     0) by an uninitialised ``R.builtin.alloc_tensor`` of that shape: there is nothing to

@@ -215,25 +215,16 @@ def _static(shape: Any) -> list[int] | None:
 
 
 def _conv_ok(call: Any, groups_full: bool) -> tuple[list[int], list[int]] | None:
-    """(input dims, weight dims) of an NHWC/OHWI float32 conv2d with a constant weight."""
-    from tvm.ir import GenericConst as Constant
+    """(input dims, weight dims) of a batch-1 NHWC/OHWI float32 conv2d with a constant weight
+    (``converters.nhwc_conv_weight``): depthwise (groups = channels) or not (groups = 1)."""
+    from .converters import nhwc_conv_weight
 
-    at = call.attrs
-    if (str(at.data_layout) != "NHWC" or str(at.kernel_layout) != "OHWI"
-            or str(at.out_layout) not in ("NHWC", "") or [int(d) for d in at.dilation] != [1, 1]
-            or (at.out_dtype is not None and str(at.out_dtype) not in ("", "float32", "void"))):
-        return None
-    x, wgt = call.args
-    if not isinstance(wgt, Constant) or str(wgt.value.dtype) != "float32" \
-            or str(getattr(x.ty, "dtype", "")) != "float32":
-        return None
-    xd = _static(getattr(x.ty, "shape", None))
-    wd = [int(d) for d in wgt.value.shape]
+    wd = nhwc_conv_weight(call)
+    xd = _static(getattr(call.args[0].ty, "shape", None)) if wd is not None else None
     if xd is None or len(xd) != 4 or xd[0] != 1:
         return None
-    if groups_full != (int(at.groups) == xd[3] and int(at.groups) > 1):
-        return None
-    if not groups_full and int(at.groups) != 1:
+    groups = int(call.attrs.groups)
+    if not (groups == xd[3] > 1 if groups_full else groups == 1):
         return None
     return xd, wd
 

@@ -139,24 +139,11 @@ def _inverse_te(mm: Any, amat: Any, n: int, out_hw: tuple[int, int], m: int) -> 
 
 def eligible(call: Any, min_hw: int = MIN_HW) -> bool:
     """Whether ``call`` is a conv2d this rewrite handles (see the module docstring)."""
-    from tvm.ir import Call
-    from tvm.ir import GenericConst as Constant
+    from .converters import nhwc_conv_weight
 
-    if not isinstance(call, Call) or getattr(call.op, "name", "") != "relax.nn.conv2d":
+    ws = nhwc_conv_weight(call)
+    if ws is None or int(call.attrs.groups) != 1 or [int(s) for s in call.attrs.strides] != [1, 1]:
         return False
-    at = call.attrs
-    if (str(at.data_layout) != "NHWC" or str(at.kernel_layout) != "OHWI"
-            or str(at.out_layout) not in ("NHWC", "") or int(at.groups) != 1
-            or [int(s) for s in at.strides] != [1, 1] or [int(d) for d in at.dilation] != [1, 1]):
-        return False
-    x, w = call.args
-    if not isinstance(w, Constant):
-        return False
-    if str(w.value.dtype) != "float32" or str(getattr(x.ty, "dtype", "")) != "float32":
-        return False
-    if at.out_dtype is not None and str(at.out_dtype) not in ("", "float32", "void"):
-        return False
-    ws = [int(d) for d in w.value.shape]
     if ws[1:3] != [3, 3] or ws[0] < MIN_CHANNELS or ws[3] < MIN_CHANNELS:
         return False
     shape = getattr(call.ty, "shape", None)
