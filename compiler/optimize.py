@@ -72,6 +72,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "depthwise": True,        # NHWC depthwise convolutions also get compiler.depthwise's schedules
     "expand_dw": True,        # 1x1 conv -> 3x3 depthwise pairs as one kernel (compiler.expand_dw);
                               # an int: only where the expanded tensor has at least that many bytes
+    "serial": True,           # winners under SERIAL_MAX_S are also timed with their parallel loops
+                              # serial, and run that way when it is faster (_try_serial)
     "seed": 0,
 }
 
@@ -729,6 +731,49 @@ def _verify_winners(tasks, best, ranked, target, timeout_s: float, untimed) -> i
     return wrong
 
 
+# Winners faster than this are re-timed with their parallel loops serial (_try_serial).
+SERIAL_MAX_S = 1e-3
+
+
+def _try_serial(tasks, best, ranked, target, timeout_s: float) -> int:
+    """Time every fast winner against itself with its parallel loops serial
+    (:func:`compiler.pool.serial_variant`); the serial one is kept when it is faster than the
+    parallel one plus the pool's wake-up cost in this process (:func:`compiler.pool.wake_cost_s`:
+    ~28 us on 2 cores with workers that sleep between kernels, ~2 us with spinning ones; timed
+    alone, back to back, a parallel kernel hides most of it). Winners untimed because their
+    design space has one schedule are tried too. Returns the number of serial winners."""
+    from . import pool
+
+    pairs = []
+    for i, (sch, cost) in best.items():
+        if cost is not None and cost > SERIAL_MAX_S:
+            continue
+        try:
+            serial = pool.serial_variant(sch, tasks[i].dispatched[0])
+        except Exception as e:  # a trace that does not replay without them: keep the winner
+            logger.debug("task %s: no serial variant (%s)", tasks[i].task_name, e)
+            continue
+        if serial is not None:
+            pairs.append((i, sch, serial))
+    if not pairs:
+        return 0
+    wake_s = pool.wake_cost_s()
+    costs = _time_candidates([c for _, a, b in pairs for c in (a, b)], target, "serial",
+                             timeout_s)
+    n = 0
+    for k, (i, _, serial) in enumerate(pairs):
+        par_s, ser_s = costs[2 * k] + wake_s, costs[2 * k + 1]
+        logger.debug("task %s: serial %.1f us, parallel %.1f us + %.1f us to wake the pool",
+                     tasks[i].task_name, ser_s * 1e6, costs[2 * k] * 1e6, wake_s * 1e6)
+        if ser_s < par_s:
+            n += 1
+            # in the search's terms when it timed the winner (the pair was timed side by side)
+            cost = best[i][1]
+            best[i] = (serial, ser_s * cost / costs[2 * k] if cost is not None else ser_s)
+            ranked.setdefault(i, []).append((best[i][1], -1, serial))
+    return n
+
+
 def _task_flops(task) -> float:
     from tvm.s_tir.analysis import estimate_tir_flops
 
@@ -944,6 +989,9 @@ def _sample_database(mod, target, opts, measure: bool, persist=None, entries=Non
         logger.debug("task %s: x%d, %d timed, best %s", tasks[i].task_name, weight(i),
                      drawn.get(i, 0), f"{best[i][1] * 1e3:.3f} ms" if best[i][1] else "untimed")
     refined: set[int] = set()
+    n_serial = 0
+    if measure and opts.get("serial", True):
+        n_serial = _try_serial(tasks, best, ranked, target, build_timeout_s)
     if measure:
         n_wrong = _verify_winners(tasks, best, ranked, target, build_timeout_s, untimed)
         if refine is not None and any(c is not None for _, c in best.values()):
@@ -977,8 +1025,9 @@ def _sample_database(mod, target, opts, measure: bool, persist=None, entries=Non
                 logger.info("schedule of %s not stored in the database: %s", task.task_name,
                             str(e).splitlines()[-1][:200] if str(e) else type(e).__name__)
     logger.info("schedules: %d tasks scheduled (%d candidates timed, %d in round 2, %d wrong "
-                "ones refused), %d left to default lowering, %.1f s", len(best), n_timed,
-                n_timed - rounds1, n_wrong if measure else 0, n_fail, time.perf_counter() - t_start)
+                "ones refused, %d serial), %d left to default lowering, %.1f s", len(best), n_timed,
+                n_timed - rounds1, n_wrong if measure else 0, n_serial, n_fail,
+                time.perf_counter() - t_start)
     return db
 
 
@@ -1068,8 +1117,9 @@ def _apply_dlight(mod, target):
 
 # Bumped when the search can find better schedules than the records it stored before: a task
 # with a record is not searched again, so without a new database a better search never reaches
-# the layers an older one stored (2: the depthwise template). Old databases stay on disk.
-SEARCH_GENERATION = 2
+# the layers an older one stored (2: the depthwise template; 3: serial variants of small
+# winners, _try_serial). Old databases stay on disk.
+SEARCH_GENERATION = 3
 
 
 def _target_key(target) -> str:
