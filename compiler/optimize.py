@@ -72,6 +72,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "depthwise": True,        # NHWC depthwise convolutions also get compiler.depthwise's schedules
     "expand_dw": True,        # 1x1 conv -> 3x3 depthwise pairs as one kernel (compiler.expand_dw);
                               # an int: only where the expanded tensor has at least that many bytes
+    "attention": True,        # 4-D matmuls read/write through their transposes (compiler.attention)
     "serial": True,           # winners under SERIAL_MAX_S are also timed with their parallel loops
                               # serial, and run that way when it is faster (_try_serial)
     "seed": 0,
@@ -250,10 +251,14 @@ def _preprocess(mod, target, opts):
         seq.append(relax.transform.ConvertLayout({"relax.nn.conv2d": [layout, kernel],
                                                   "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}))
         seq.append(relax.transform.FoldConstant())
-    if layout == "NHWC" and (opts.get("winograd", True) or opts.get("expand_dw", True)):
-        with target:
-            mod = tvm.transform.Sequential(seq)(mod)
-        seq = []
+    with target:
+        mod = tvm.transform.Sequential(seq)(mod)
+    seq = []
+    if opts.get("attention", True):
+        from . import attention
+
+        mod, _ = attention.rewrite(mod)
+    if layout == "NHWC":
         if opts.get("expand_dw", True):
             from . import expand_dw
 
