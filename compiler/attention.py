@@ -77,11 +77,10 @@ def rewrite(mod: Any) -> tuple[Any, int]:
     computed through the permutation instead (see the module docstring); (module, count)."""
     from tvm import relax
     from tvm.ir import Call
-    from tvm.relax import PyExprMutator, Var, expr_functor
+    from tvm.relax import Var
 
-    from .converters import rewrite_functions
+    from .converters import replace_calls
 
-    count = 0
     identity = [0, 1, 2, 3]
 
     def plan(func: Any) -> dict:
@@ -145,29 +144,12 @@ def rewrite(mod: Any) -> tuple[Any, int]:
             todo[out] = (a, pa, b, pb, po)
         return todo
 
-    @expr_functor.mutator
-    class _Fold(PyExprMutator):  # type: ignore[misc]
-        def __init__(self, mod: Any, todo: dict) -> None:
-            super().__init__(mod)
-            self.todo = todo
+    def fold(m: Any, p: tuple) -> Any:
+        a, pa, b, pb, po = p
+        return m.builder_.call_te(_matmul_te, m.visit_expr(a), pa, m.visit_expr(b), pb, po,
+                                  primfunc_name_hint="attention_matmul")
 
-        def visit_call_(self, call):  # type: ignore[no-untyped-def]
-            nonlocal count
-            p = next((v for k, v in self.todo.items() if k.same_as(call)), None)
-            if p is None:
-                return super().visit_call_(call)
-            a, pa, b, pb, po = p
-            count += 1
-            return self.builder_.call_te(_matmul_te, self.visit_expr(a), pa, self.visit_expr(b),
-                                         pb, po, primfunc_name_hint="attention_matmul")
-
-    todo: dict = {}
-    for _, func in mod.functions.items():
-        if isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr):
-            todo.update(plan(func))
-    if not todo:
-        return mod, 0
-    out = rewrite_functions(mod, _Fold(mod, todo))
-    out = relax.transform.DeadCodeElimination()(out)
-    logger.info("attention: %d batched matmuls read/write through their transposes", count)
+    out, count = replace_calls(mod, plan, fold)
+    if count:
+        logger.info("attention: %d batched matmuls read/write through their transposes", count)
     return out, count

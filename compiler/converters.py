@@ -69,6 +69,37 @@ def rewrite_functions(mod: Any, mutator: Any) -> Any:
     return mutator.builder_.get()
 
 
+def replace_calls(mod: Any, plan: Any, replace: Any) -> tuple[Any, int]:
+    """``mod`` with the calls chosen by ``plan`` replaced, and what they left unused removed;
+    (module, number of calls replaced). ``plan(func)`` maps calls of a relax function to what
+    ``replace(mutator, p)`` needs to build each one's replacement (visiting its arguments with
+    ``mutator.visit_expr``, emitting with ``mutator.builder_``). ``mod`` itself when nothing is
+    chosen."""
+    from tvm import relax
+    from tvm.relax import PyExprMutator, expr_functor
+
+    todo: dict = {}
+    for _, func in mod.functions.items():
+        if isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr):
+            todo.update(plan(func))
+    if not todo:
+        return mod, 0
+    count = 0
+
+    @expr_functor.mutator
+    class _Replace(PyExprMutator):  # type: ignore[misc]
+        def visit_call_(self, call):  # type: ignore[no-untyped-def]
+            nonlocal count
+            p = next((v for k, v in todo.items() if k.same_as(call)), None)
+            if p is None:
+                return super().visit_call_(call)
+            count += 1
+            return replace(self, p)
+
+    out = rewrite_functions(mod, _Replace(mod))
+    return relax.transform.DeadCodeElimination()(out), count
+
+
 def nhwc_conv_weight(call: Any) -> list[int] | None:
     """The OHWI weight shape of ``call`` when it is a ``relax.nn.conv2d`` with NHWC data, a
     constant float32 weight, float32 data and output and dilation 1 (what the NHWC rewrites of

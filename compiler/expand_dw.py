@@ -241,11 +241,9 @@ def rewrite(mod: Any, lanes: int, bands: int = 1, min_bytes: int | None = None) 
         min_bytes = MIN_BYTES
     from tvm import relax
     from tvm.ir import Call
-    from tvm.relax import PyExprMutator, Var, expr_functor
+    from tvm.relax import Var
 
-    from .converters import rewrite_functions
-
-    count = 0
+    from .converters import replace_calls
 
     def plan(func: Any) -> dict:
         """End call of each fusable chain -> what to emit for it."""
@@ -318,40 +316,23 @@ def rewrite(mod: Any, lanes: int, bands: int = 1, min_bytes: int | None = None) 
                               hi2=hi2, wo_t=wo_t)
         return out
 
-    @expr_functor.mutator
-    class _Fuse(PyExprMutator):  # type: ignore[misc]
-        def __init__(self, mod: Any, todo: dict) -> None:
-            super().__init__(mod)
-            self.todo = todo
+    def fuse(m: Any, p: dict) -> Any:
+        # threads split the channels when they divide evenly (nothing recomputed), else rows;
+        # one thread below PARALLEL_FLOPS (waking the pool costs more than it saves)
+        flops = 2 * p["h"] * p["w"] * p["c"] * p["e"] + 18 * p["oh"] * p["ow"] * p["e"]
+        threads = bands if flops >= PARALLEL_FLOPS else 1
+        groups = threads if (p["e"] // lanes) % threads == 0 else 1
+        prim = kernel(p["h"], p["w"], p["c"], p["e"], p["s"], p["lo1"], p["hi1"], p["lo2"],
+                      p["hi2"], lanes=lanes, bands=min(threads // groups, p["oh"]),
+                      groups=groups, wt=7 if p["w"] % 7 == 0 else 4, wo_t=p["wo_t"])
+        gv = m.builder_.add_func(prim.without_attr("global_symbol"), "expand_dw")
+        consts = [relax.const(np.ascontiguousarray(p[k], np.float32))
+                  for k in ("w1", "b1", "wd", "bd")]
+        return relax.call_tir(gv, [m.visit_expr(p["x"]), *consts],
+                              relax.TensorType((1, p["oh"], p["ow"], p["e"]), "float32"))
 
-        def visit_call_(self, call):  # type: ignore[no-untyped-def]
-            nonlocal count
-            p = next((v for k, v in self.todo.items() if k.same_as(call)), None)
-            if p is None:
-                return super().visit_call_(call)
-            # threads split the channels when they divide evenly (nothing recomputed), else rows;
-            # one thread below PARALLEL_FLOPS (waking the pool costs more than it saves)
-            flops = 2 * p["h"] * p["w"] * p["c"] * p["e"] + 18 * p["oh"] * p["ow"] * p["e"]
-            threads = bands if flops >= PARALLEL_FLOPS else 1
-            groups = threads if (p["e"] // lanes) % threads == 0 else 1
-            prim = kernel(p["h"], p["w"], p["c"], p["e"], p["s"], p["lo1"], p["hi1"], p["lo2"],
-                          p["hi2"], lanes=lanes, bands=min(threads // groups, p["oh"]),
-                          groups=groups, wt=7 if p["w"] % 7 == 0 else 4, wo_t=p["wo_t"])
-            gv = self.builder_.add_func(prim.without_attr("global_symbol"), "expand_dw")
-            consts = [relax.const(np.ascontiguousarray(p[k], np.float32))
-                      for k in ("w1", "b1", "wd", "bd")]
-            count += 1
-            return relax.call_tir(gv, [self.visit_expr(p["x"]), *consts],
-                                  relax.TensorType((1, p["oh"], p["ow"], p["e"]), "float32"))
-
-    todo: dict = {}
-    for _, func in mod.functions.items():
-        if isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr):
-            todo.update(plan(func))
-    if not todo:
-        return mod, 0
-    out = rewrite_functions(mod, _Fuse(mod, todo))
-    out = relax.transform.DeadCodeElimination()(out)
-    logger.info("expand+depthwise: %d pairs fused", count)
+    out, count = replace_calls(mod, plan, fuse)
+    if count:
+        logger.info("expand+depthwise: %d pairs fused", count)
     return out, count
 
