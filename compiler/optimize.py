@@ -70,6 +70,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "winograd": True,         # NHWC float32 3x3 stride-1 convs as Winograd F(m x m, 3x3): True
                               # picks m per layer (winograd.choose_tile), an int forces it
     "depthwise": True,        # NHWC depthwise convolutions also get compiler.depthwise's schedules
+    "gemm": True,             # GEMM-shaped functions also get compiler.gemm's register-blocked ones
     "expand_dw": True,        # 1x1 conv -> 3x3 depthwise pairs as one kernel (compiler.expand_dw);
                               # an int: only where the expanded tensor has at least that many bytes
     "attention": True,        # 4-D matmuls read/write through their transposes (compiler.attention)
@@ -345,6 +346,12 @@ def _f32_lanes(target) -> int:
     """float32 lanes of the target's widest vector registers (AVX-512: 16, AVX: 8, else 4)."""
     feats = _isa_features(target)
     return 16 if "avx512f" in feats else 8 if {"avx", "avx2"} & feats else 4
+
+
+def _vector_registers(target) -> int:
+    """Architectural vector registers (AVX-512 and AArch64: 32; AVX/AVX2, SSE, 32-bit NEON: 16)."""
+    triple = str(target.attrs.get("mtriple", ""))
+    return 32 if _f32_lanes(target) == 16 or triple.startswith("aarch64") else 16
 
 
 def _runnable_on_host(target) -> bool:
@@ -886,7 +893,7 @@ def _sample_database(mod, target, opts, measure: bool, persist=None, entries=Non
     ranked: dict[int, list[tuple[float, int, Any]]] = {}  # task -> every timed (cost, #, schedule)
     samplers: dict[int, _TaskSampler] = {}
     drawn: dict[int, int] = {}
-    templates: dict[int, list] = {}  # hand-written candidates (compiler.depthwise)
+    templates: dict[int, list] = {}  # hand-written candidates (compiler.depthwise, compiler.gemm)
     lanes = _f32_lanes(target) if measure else 4
     model = None
     if measure and opts.get("cost_model", True):
@@ -959,6 +966,11 @@ def _sample_database(mod, target, opts, measure: bool, persist=None, entries=Non
             from . import depthwise
 
             templates[i] = depthwise.candidates(task.dispatched[0], samplers[i].postprocs, lanes)
+        if measure and opts.get("gemm", True):
+            from . import gemm
+
+            templates.setdefault(i, []).extend(gemm.candidates(
+                task.dispatched[0], samplers[i].postprocs, lanes, _vector_registers(target)))
         # At least 3 timed samples even for small tasks: FLOP share misjudges memory-bound ones
         # (a LayerNorm with 1 untimed sample took 79% of the transformer's run time).
         n = max(min(3, k1), min(k1, math.ceil(k1 * flops[i] / total * len(tasks))))
@@ -1123,8 +1135,8 @@ def _apply_dlight(mod, target):
 # Bumped when the search can find better schedules than the records it stored before: a task
 # with a record is not searched again, so without a new database a better search never reaches
 # the layers an older one stored (2: the depthwise template; 3: serial variants of small
-# winners, _try_serial). Old databases stay on disk.
-SEARCH_GENERATION = 3
+# winners, _try_serial; 4: the GEMM template). Old databases stay on disk.
+SEARCH_GENERATION = 4
 
 
 def _target_key(target) -> str:

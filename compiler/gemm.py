@@ -1,0 +1,156 @@
+"""A register-blocked GEMM schedule, offered to the schedule search as extra candidates next to
+MetaSchedule's samples (as :mod:`compiler.depthwise` is for depthwise convolutions).
+
+Every 1x1 convolution (NHWC), dense layer and batched matmul is a GEMM: ``C[m, n] = sum_k
+A[m, k] B[k, n]`` with M the spatial positions (or rows), N the output channels and K the input
+channels. MetaSchedule's CPU space tiles it at random, and its samples rarely land on what a BLAS
+micro-kernel does: on AVX2 (16 vector registers) the best of 16 samples of MobileNetV2's
+56x56x144 -> 24 projection took 0.52 ms, onnxruntime's MLAS kernel 0.24 ms in the model. This
+template writes the micro-kernel's loop nest:
+
+- per tile of ``mr`` rows x ``nv`` vectors of columns (parallel over all tiles), the ``mr * nv``
+  accumulators live in registers (the tile's slice of the output is all the intermediate buffer
+  needs once the epilogue is computed per tile, and the unrolled loops index it with constants);
+- for each k: ``mr`` broadcasts of A, ``nv`` vector loads of B, ``mr * nv`` FMAs;
+- the fused epilogue (bias, residual add, clip) then writes the tile out;
+- B (the weight) is prepacked to the read order by MetaSchedule's own post-processors.
+
+Tile shapes are those whose accumulators, B vectors and the A broadcast fit the target's vector
+registers (16 on AVX2, 32 on AVX-512 and AArch64 NEON) with enough independent FMAs to hide their
+latency; each is timed like any candidate (and checked against the unscheduled function), so a
+shape that does not suit a task only costs its timing. Measured on MobileNetV2's 1x1
+convolutions (AVX2, 1 thread, best of 16 samples -> best template shape): 56x56x144 -> 24 0.52 ->
+0.24 ms, 14x14x576 -> 96 0.38 -> 0.27 ms, 7x7x320 -> 1280 (+ ReLU6) 0.87 -> 0.50 ms.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["candidates", "tile_shapes"]
+
+_SPATIAL, _REDUCE = 0, 2  # tirx IterVar kinds
+
+
+def tile_shapes(lanes: int, registers: int, m_inner: int, m: int, n: int) -> list[tuple[int, int]]:
+    """(rows, column vectors) tiles, most FMAs per load first, for a GEMM of ``m`` rows (the
+    innermost row loop ``m_inner`` long) and ``n`` columns: ``rows * vectors`` accumulators plus
+    ``vectors`` B loads plus one A broadcast fit ``registers``, at least 6 accumulators (an FMA's
+    latency times the FMA ports), ``rows`` divides ``m`` and tiles whole rows of the innermost
+    loop (or whole multiples of it, so the epilogue's region is a box), ``vectors * lanes``
+    divides ``n``."""
+    out = []
+    for nv in range(1, 5):
+        if n % (nv * lanes):
+            continue
+        for mr in range(1, 29):
+            acc = mr * nv
+            if acc < 6 or acc + nv + 1 > registers or m % mr:
+                continue
+            if m_inner % mr and mr % m_inner:
+                continue
+            out.append((mr, nv))
+    # an FMA needs its A broadcast and B vector loaded: most FMAs per load first
+    return sorted(out, key=lambda s: (-s[0] * s[1] / (s[0] + s[1]), -s[0] * s[1]))
+
+
+def _gemm_block(sch: Any) -> Any | None:
+    """The one reduction block of a fused function, when its loops are its spatial iterators
+    then its reduction ones (what legalized conv2d/matmul/dense blocks are)."""
+    blocks = [b for b in sch.get_child_blocks(sch.get_sblock("root"))
+              if any(int(v.iter_type) == _REDUCE for v in sch.get(b).iter_vars)]
+    if len(blocks) != 1:
+        return None
+    kinds = [int(v.iter_type) for v in sch.get(blocks[0]).iter_vars]
+    ns = kinds.index(_REDUCE)
+    if ns < 2 or any(k != _SPATIAL for k in kinds[:ns]) or any(k != _REDUCE for k in kinds[ns:]):
+        return None
+    if len(sch.get_loops(blocks[0])) != len(kinds):
+        return None
+    block = sch.get(blocks[0])
+    ins = {str(r.source.name) for r in block.reads} - {str(w.source.name) for w in block.writes}
+    if len(ins) < 2:  # a pooling, a mean, an argmax: one input, no product
+        return None
+    return blocks[0]
+
+
+def _schedule(tmod: Any, mr: int, nv: int, lanes: int) -> Any | None:
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(tmod, debug_mask="none")
+    blk = _gemm_block(sch)
+    if blk is None:
+        return None
+    for p in sch.get_producers(blk):
+        if "pad" in sch.get(p).name_hint:  # a 1x1 convolution's (empty) padding
+            sch.compute_inline(p)
+    # the fused elementwise epilogue (a chain, or a DAG such as GELU's) becomes one block,
+    # computed per tile: everything after the GEMM but the function's output is inlined
+    after = sch.get_child_blocks(sch.get_sblock("root"))
+    after = after[[sch.get(b).same_as(sch.get(blk)) for b in after].index(True) + 1:]
+    for b in after[:-1]:
+        sch.compute_inline(b)
+    last = after[-1] if after else None
+    loops = sch.get_loops(blk)
+    ns = [int(v.iter_type) for v in sch.get(blk).iter_vars].index(_REDUCE)
+    rows, col, red = loops[: ns - 1], loops[ns - 1], loops[ns:]
+    m = sch.fuse(*rows) if len(rows) > 1 else rows[0]
+    k = sch.fuse(*red) if len(red) > 1 else red[0]
+    mo, mi = sch.split(m, [None, mr])
+    no, ni, nl = sch.split(col, [None, nv, lanes])
+    # column panels outside: one panel of B (K x nv vectors) stays in cache over all row tiles
+    # (the row-major order measured the same on MobileNetV2's 1x1 convolutions)
+    sch.reorder(no, mo, k, mi, ni, nl)
+    tile = sch.fuse(no, mo)
+    if last is not None:
+        sch.reverse_compute_at(last, tile)
+    sch.unroll(mi)
+    sch.unroll(ni)
+    sch.vectorize(nl)
+    sch.parallel(tile)
+    init = sch.decompose_reduction(blk, k)
+    sch.vectorize(sch.get_loops(init)[-1])
+    if last is not None:
+        inner = sch.get_loops(last)[1:]
+        _, vec = sch.split(sch.fuse(*inner) if len(inner) > 1 else inner[0], [None, lanes])
+        sch.vectorize(vec)
+    return sch
+
+
+def candidates(tmod: Any, postprocs: Any, lanes: int, registers: int, limit: int = 8) -> list[Any]:
+    """Schedules of ``tmod`` (one fused TIR function) from the GEMM template, post-processed, for
+    up to ``limit`` tile shapes (:func:`tile_shapes`); empty when
+    ``tmod`` is not one GEMM-shaped reduction with an elementwise epilogue whose sizes fit."""
+    from tvm.s_tir import Schedule
+
+    try:
+        sch = Schedule(tmod, debug_mask="none")
+        blk = _gemm_block(sch)
+        if blk is None:
+            return []
+        loops = sch.get_loops(blk)
+        ns = [int(v.iter_type) for v in sch.get(blk).iter_vars].index(_REDUCE)
+        ext = [int(sch.get(x).extent) for x in loops[:ns]]
+    except Exception:  # symbolic extents, no root block, ...: the search has its samples
+        return []
+    m = 1
+    for e in ext[:-1]:
+        m *= e
+    out, seen = [], set()
+    for mr, nv in tile_shapes(lanes, registers, ext[-2], m, ext[-1])[:limit]:
+        try:
+            s = _schedule(tmod, mr, nv, lanes)
+            if s is None or not all(p.apply(s) for p in postprocs):
+                continue
+        except Exception as e:  # not the pattern after all
+            logger.debug("GEMM template (%dx%d) does not apply: %s", mr, nv,
+                         str(e).splitlines()[0] if str(e) else type(e).__name__)
+            continue
+        key = str(s.mod)
+        if key not in seen:
+            seen.add(key)
+            out.append(s)
+    return out
