@@ -307,7 +307,8 @@ def _preprocess(mod, target, opts):
 
             edw = opts["expand_dw"]
             mod, _ = expand_dw.rewrite(mod, _f32_lanes(target), _num_cores(target),
-                                       None if edw is True else int(edw))
+                                       None if edw is True else int(edw),
+                                       _vector_registers(target))
         if opts.get("winograd", True):
             from . import winograd
 

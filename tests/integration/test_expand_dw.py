@@ -26,13 +26,15 @@ def _reference(x, w1, b1, wd, bd, s, lo1, hi1, lo2, hi2):
     return np.clip(d + bd, lo2, hi2)
 
 
-@pytest.mark.parametrize(("h", "w", "c", "e", "s", "bands", "groups", "wt", "wo_t", "clamp"), [
-    (12, 8, 8, 32, 1, 1, 1, 4, 4, (0.0, 6.0)),
-    (12, 10, 8, 16, 1, 2, 1, 4, 5, (0.0, 3e38)),    # width not a multiple of the expand tile
-    (12, 12, 4, 16, 2, 1, 2, 7, 6, (0.0, 6.0)),     # stride 2, two channel slices
-    (11, 16, 8, 32, 2, 3, 2, 4, 8, (-3e38, 3e38)),  # odd height, 3 bands x 2 slices, no clamp
+@pytest.mark.parametrize(("h", "w", "c", "e", "s", "bands", "groups", "wt", "wo_t", "clamp", "nv"), [
+    (12, 8, 8, 32, 1, 1, 1, 4, 4, (0.0, 6.0), 1),
+    (12, 10, 8, 16, 1, 2, 1, 4, 5, (0.0, 3e38), 1),    # width not a multiple of the expand tile
+    (12, 12, 4, 16, 2, 1, 2, 7, 6, (0.0, 6.0), 1),     # stride 2, two channel slices
+    (11, 16, 8, 32, 2, 3, 2, 4, 8, (-3e38, 3e38), 1),  # odd height, 3 bands x 2 slices, no clamp
+    (9, 10, 8, 48, 1, 1, 1, 4, 5, (0.0, 6.0), 3),      # 4 pixels x 3 vectors, ragged width
+    (10, 5, 8, 32, 2, 2, 2, 5, 3, (0.0, 6.0), 2),      # KWS-like 5-wide rows, 5 x 2 per slice
 ])
-def test_kernel_matches_numpy(h, w, c, e, s, bands, groups, wt, wo_t, clamp):
+def test_kernel_matches_numpy(h, w, c, e, s, bands, groups, wt, wo_t, clamp, nv):
     import tvm
 
     rng = np.random.default_rng(h * 100 + w)
@@ -43,7 +45,7 @@ def test_kernel_matches_numpy(h, w, c, e, s, bands, groups, wt, wo_t, clamp):
     bd = rng.standard_normal(e).astype(np.float32)
     lo, hi = clamp
     prim = expand_dw.kernel(h, w, c, e, s, lo, hi, lo, hi, lanes=8, bands=bands, groups=groups,
-                            wt=wt, wo_t=wo_t)
+                            wt=wt, wo_t=wo_t, nv=nv)
     target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu",
                                 "mcpu": "x86-64-v2"})
     lib = tvm.compile(tvm.IRModule({"main": prim}), target=target).mod
@@ -200,3 +202,16 @@ def test_x86_artifact_with_the_fused_kernel_runs_in_the_device_runtime(tmp_path,
     got = InferenceSession(r.artifact, trusted_keys=[public_key]).run(None, {"x": x})[0]
     want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
+def test_expand_tile_fits_the_registers_and_avoids_ragged_tiles():
+    from compiler.expand_dw import expand_tile
+
+    assert expand_tile(5, 8, 16) == (5, 2)     # KWS's 5-wide rows: no half-empty 4-pixel tile
+    assert expand_tile(56, 18, 16) == (4, 3)   # MobileNetV2 56x56x144 on AVX2
+    assert expand_tile(7, 120, 16) == (7, 1)   # 7-wide rows, 960 channels
+    for w in (5, 7, 14, 28, 56, 112):
+        for blocks in (4, 8, 12, 18, 72, 120):
+            for regs in (16, 32):
+                wt, nv = expand_tile(w, blocks, regs)
+                assert blocks % nv == 0 and wt * nv + nv + 1 <= regs
