@@ -1019,6 +1019,7 @@ def _sample_database(mod, target, opts, measure: bool, persist=None, entries=Non
         n = max(min(3, k1), min(k1, math.ceil(k1 * flops[i] / total * len(tasks))))
         if time.perf_counter() - t_start > budget_s:
             n = 1
+            templates.pop(i, None)  # the seeded sample, untimed: reproducible without a budget
         search(i, n)
         if i not in best:
             n_fail += 1
@@ -1050,7 +1051,7 @@ def _sample_database(mod, target, opts, measure: bool, persist=None, entries=Non
                      drawn.get(i, 0), f"{best[i][1] * 1e3:.3f} ms" if best[i][1] else "untimed")
     refined: set[int] = set()
     n_serial = 0
-    if measure and opts.get("serial", True):
+    if measure and opts.get("serial", True) and budget_s > 0:  # no budget: nothing is timed
         n_serial = _try_serial(tasks, best, ranked, target, build_timeout_s)
     if measure:
         n_wrong = _verify_winners(tasks, best, ranked, target, build_timeout_s, untimed)
