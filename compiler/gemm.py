@@ -5,7 +5,7 @@ Every 1x1 convolution (NHWC), dense layer and batched matmul is a GEMM: ``C[m, n
 A[m, k] B[k, n]`` with M the spatial positions (or rows), N the output channels and K the input
 channels. MetaSchedule's CPU space tiles it at random, and its samples rarely land on what a BLAS
 micro-kernel does: on AVX2 (16 vector registers) the best of 16 samples of MobileNetV2's
-56x56x144 -> 24 projection took 0.52 ms, onnxruntime's MLAS kernel 0.24 ms in the model. This
+56x56x144 -> 24 projection took 0.51 ms, onnxruntime's MLAS kernel 0.24 ms in the model. This
 template writes the micro-kernel's loop nest:
 
 - per tile of ``mr`` rows x ``nv`` vectors of columns (parallel over all tiles), the ``mr * nv``
@@ -19,8 +19,8 @@ Tile shapes are those whose accumulators, B vectors and the A broadcast fit the 
 registers (16 on AVX2, 32 on AVX-512 and AArch64 NEON) with enough independent FMAs to hide their
 latency; each is timed like any candidate (and checked against the unscheduled function), so a
 shape that does not suit a task only costs its timing. Measured on MobileNetV2's 1x1
-convolutions (AVX2, 1 thread, best of 16 samples -> best template shape): 56x56x144 -> 24 0.52 ->
-0.24 ms, 14x14x576 -> 96 0.38 -> 0.27 ms, 7x7x320 -> 1280 (+ ReLU6) 0.87 -> 0.50 ms.
+convolutions (AVX2, 1 thread, best of 16 samples -> best template shape): 56x56x144 -> 24 0.51 ->
+0.23 ms, 14x14x576 -> 96 0.38 -> 0.26 ms, 7x7x320 -> 1280 (+ ReLU6) 0.87 -> 0.50 ms.
 """
 
 from __future__ import annotations
