@@ -16,10 +16,9 @@ cache, every output element written once.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from .templates import postprocessed
 
 __all__ = ["candidates"]
 
@@ -76,18 +75,5 @@ def candidates(tmod, postprocs, lanes: int) -> list[Any]:
         Schedule(tmod, debug_mask="none").get_sblock(_BLOCK)
     except Exception:  # no such block: not a (legalized) NHWC group convolution
         return []
-    out, seen = [], set()
-    for wi in (4, 7, 8, 14):
-        try:
-            sch = _schedule(tmod, wi, lanes)
-            if sch is None or not all(p.apply(sch) for p in postprocs):
-                continue
-        except Exception as e:  # not the pattern after all: the search has its samples
-            logger.debug("depthwise template (wi=%d) does not apply: %s", wi,
-                         str(e).splitlines()[0] if str(e) else type(e).__name__)
-            continue
-        key = str(sch.mod)
-        if key not in seen:
-            seen.add(key)
-            out.append(sch)
-    return out
+    return postprocessed((4, 7, 8, 14), lambda wi: _schedule(tmod, wi, lanes), postprocs,
+                         "depthwise")

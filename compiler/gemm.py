@@ -25,10 +25,9 @@ convolutions (AVX2, 1 thread, best of 16 samples -> best template shape): 56x56x
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from .templates import postprocessed
 
 __all__ = ["candidates", "tile_shapes"]
 
@@ -139,18 +138,5 @@ def candidates(tmod: Any, postprocs: Any, lanes: int, registers: int, limit: int
     m = 1
     for e in ext[:-1]:
         m *= e
-    out, seen = [], set()
-    for mr, nv in tile_shapes(lanes, registers, ext[-2], m, ext[-1])[:limit]:
-        try:
-            s = _schedule(tmod, mr, nv, lanes)
-            if s is None or not all(p.apply(s) for p in postprocs):
-                continue
-        except Exception as e:  # not the pattern after all
-            logger.debug("GEMM template (%dx%d) does not apply: %s", mr, nv,
-                         str(e).splitlines()[0] if str(e) else type(e).__name__)
-            continue
-        key = str(s.mod)
-        if key not in seen:
-            seen.add(key)
-            out.append(s)
-    return out
+    shapes = tile_shapes(lanes, registers, ext[-2], m, ext[-1])[:limit]
+    return postprocessed(shapes, lambda s: _schedule(tmod, s[0], s[1], lanes), postprocs, "GEMM")

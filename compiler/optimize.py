@@ -1005,21 +1005,20 @@ def _sample_database(mod, target, opts, measure: bool, persist=None, entries=Non
                         str(e).splitlines()[0] if str(e) else type(e).__name__)
             n_fail += 1
             continue
-        if measure and opts.get("depthwise", True):
+        # spent budget: the seeded sample, untimed (reproducible without a budget), no templates
+        spent = time.perf_counter() - t_start > budget_s
+        if measure and not spent and opts.get("depthwise", True):
             from . import depthwise
 
             templates[i] = depthwise.candidates(task.dispatched[0], samplers[i].postprocs, lanes)
-        if measure and opts.get("gemm", True):
+        if measure and not spent and opts.get("gemm", True):
             from . import gemm
 
             templates.setdefault(i, []).extend(gemm.candidates(
                 task.dispatched[0], samplers[i].postprocs, lanes, _vector_registers(target)))
         # At least 3 timed samples even for small tasks: FLOP share misjudges memory-bound ones
         # (a LayerNorm with 1 untimed sample took 79% of the transformer's run time).
-        n = max(min(3, k1), min(k1, math.ceil(k1 * flops[i] / total * len(tasks))))
-        if time.perf_counter() - t_start > budget_s:
-            n = 1
-            templates.pop(i, None)  # the seeded sample, untimed: reproducible without a budget
+        n = 1 if spent else max(min(3, k1), min(k1, math.ceil(k1 * flops[i] / total * len(tasks))))
         search(i, n)
         if i not in best:
             n_fail += 1
