@@ -93,14 +93,36 @@ def test_dense_with_a_gelu_epilogue(tmp_path):
     _check(task, mst, cands, tmp_path)
 
 
-def test_a_3x3_convolution_is_a_gemm_too(tmp_path):
-    """The padded 3x3 convolution reads its input through the (inlined) padding."""
+def _conv_relu(bb, rng, cin, cout, hw, k, stride):
+    from tvm import relax
+
+    x = relax.Var("x", relax.TensorType((1, cin, hw, hw), "float32"))
+    w = rng.standard_normal((cout, cin, k, k)).astype("float32")
+    b = rng.standard_normal((1, cout, 1, 1)).astype("float32")
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = relax.op.nn.conv2d(x, relax.const(w), strides=stride, padding=k // 2)
+            out = bb.emit_output(relax.op.nn.relu(relax.op.add(y, relax.const(b))))
+        bb.emit_func_output(out)
+
+
+@pytest.mark.parametrize(("cin", "k", "stride"), [(8, 3, 1), (8, 3, 2), (3, 7, 2)],
+                         ids=["3x3", "3x3-stride2", "7x7-stride2-rgb"])
+def test_padded_convolutions_are_gemms_too(tmp_path, cin, k, stride):
+    """A padded convolution is padded once, in its own parallel loop (not tested per A load in
+    the inner loop), and its window loops stay loops (fused, every A index is a division); a
+    stem's 3 input channels are unrolled."""
     from compiler import gemm
     from compiler.optimize import _TaskSampler
 
-    task, mst = _task(lambda bb, rng: _conv1x1(bb, rng, cin=8, cout=16, k=3), "conv")
+    task, mst = _task(lambda bb, rng: _conv_relu(bb, rng, cin, 16, 14, k, stride), "conv")
     cands = gemm.candidates(task.dispatched[0], _TaskSampler(task, mst, 1).postprocs, 8, 16)
     assert cands
+    for sch in cands:
+        script = sch.mod.script()
+        assert 'T.sblock("pad_temp")' in script
+        update = script[script.index('T.sblock("conv2d_nhwc_update")'):]
+        assert "if_then_else" not in update.split("T.sblock(", 2)[1]
     _check(task, mst, cands, tmp_path)
 
 
