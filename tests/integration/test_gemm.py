@@ -82,6 +82,21 @@ def test_conv1x1_candidates_compute_the_convolution(tmp_path, cout):
     _check(task, mst, cands, tmp_path)
 
 
+def test_a_ragged_row_tile_is_guarded(tmp_path):
+    """7x7 = 49 rows: 5-row tiles (10 accumulators, against 7 for the 7x1 tile that divides 49)
+    leave the last tile one row short; that row is guarded and the epilogue runs after all
+    tiles, and the result is still the convolution's."""
+    from compiler import gemm
+    from compiler.optimize import _TaskSampler
+
+    assert gemm.tile_shapes(8, 16, 7, 49, 16)[0] == (5, 2)
+    task, mst = _task(lambda bb, rng: _conv1x1(bb, rng, cout=16, hw=7), "conv")
+    cands = gemm.candidates(task.dispatched[0], _TaskSampler(task, mst, 1).postprocs, 8, 16)
+    ragged = [c for c in cands if "T.where" in c.mod.script()]
+    assert ragged  # 5x2 and 10x1
+    _check(task, mst, cands, tmp_path)
+
+
 def test_dense_with_a_gelu_epilogue(tmp_path):
     from compiler import gemm
     from compiler.optimize import _TaskSampler
