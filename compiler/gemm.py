@@ -96,6 +96,36 @@ def _empty_pad(sch: Any, pad: Any) -> bool:
     return [int(d) for d in blk.reads[0].source.shape] == [int(d) for d in blk.writes[0].source.shape]
 
 
+def _permutation(order: list[int]) -> Any:
+    return lambda *axes: [axes[i] for i in order]
+
+
+def _pack_strided_b(sch: Any, blk: Any, col: int, weights: set[str]) -> None:
+    """When B is read across its columns with a stride (attention's ``Q K^T`` reads K[j, d]
+    along j, a row of K apart), copy it once, at the start of the function, into a buffer
+    whose last axis is the column axis: every B vector load is then contiguous instead of
+    ``lanes`` scalar loads. Activations only (a weight is prepacked by MetaSchedule's
+    post-processors anyway)."""
+    block = sch.get(blk)
+    col_var = block.iter_vars[col].var
+    for idx, region in enumerate(block.reads):
+        if str(region.source.name) in weights:
+            continue
+        starts = [r.min for r in region.region]
+        pos = [i for i, e in enumerate(starts) if e.same_as(col_var)]
+        if len(pos) != 1 or pos[0] == len(starts) - 1:
+            continue
+        ndim, p = len(starts), pos[0]
+        order = [i for i in range(ndim) if i != p] + [p]
+        cache = sch.cache_read(blk, idx, "global")
+        sch.transform_layout(cache, ("write", 0), _permutation(order))
+        # copied in the new layout's order: contiguous writes, and the strided reads of one
+        # column pass hit the cache lines the previous one brought in
+        loops = sch.get_loops(cache)
+        sch.reorder(*[loops[i] for i in order])
+        return
+
+
 def _schedule(tmod: Any, mr: int, nv: int, lanes: int) -> Any | None:
     from tvm.s_tir import Schedule
 
@@ -113,6 +143,10 @@ def _schedule(tmod: Any, mr: int, nv: int, lanes: int) -> Any | None:
                 inner = sch.fuse(*pl[2:]) if len(pl) > 3 else pl[-1]
                 if int(sch.get(inner).extent) % lanes == 0:
                     sch.vectorize(sch.split(inner, [None, lanes])[1])
+    func = tmod["main"]
+    weights = {str(func.params[int(i)].name) for i in func.attrs.get("layout_free_buffers", [])}
+    _pack_strided_b(sch, blk, [int(v.iter_type) for v in sch.get(blk).iter_vars].index(_REDUCE) - 1,
+                    weights)
     # the fused elementwise epilogue (a chain, or a DAG such as GELU's) becomes one block,
     # computed per tile: everything after the GEMM but the function's output is inlined
     after = sch.get_child_blocks(sch.get_sblock("root"))

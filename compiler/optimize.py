@@ -1179,9 +1179,9 @@ def _apply_dlight(mod, target):
 # with a record is not searched again, so without a new database a better search never reaches
 # the layers an older one stored (2: the depthwise template; 3: serial variants of small
 # winners, _try_serial; 4: the GEMM template; 5: the GEMM template's convolutions with their
-# window loops and padding apart, and row tiles one row short of dividing M). Old databases
-# stay on disk.
-SEARCH_GENERATION = 5
+# window loops and padding apart, and row tiles one row short of dividing M; 6: a strided B
+# operand copied once into column-contiguous order). Old databases stay on disk.
+SEARCH_GENERATION = 6
 
 
 def _target_key(target) -> str:

@@ -97,6 +97,38 @@ def test_a_ragged_row_tile_is_guarded(tmp_path):
     _check(task, mst, cands, tmp_path)
 
 
+def _scores(bb, rng, s=16, h=2, d=16):
+    from tvm import relax
+
+    q = relax.Var("q", relax.TensorType((1, s, h, d), "float32"))
+    k = relax.Var("k", relax.TensorType((1, s, h, d), "float32"))
+    with bb.function("main", [q, k]):
+        with bb.dataflow():
+            y = relax.op.matmul(relax.op.permute_dims(q, [0, 2, 1, 3]),
+                                relax.op.permute_dims(k, [0, 2, 3, 1]))
+            out = bb.emit_output(relax.op.multiply(y, relax.const(np.float32(0.25))))
+        bb.emit_func_output(out)
+
+
+def test_attention_scores_read_k_through_a_packed_copy(tmp_path):
+    """``Q K^T`` reads K[j, d] along j, a row apart: K is copied once into [h, d, j] order, so
+    the template's B vector loads are contiguous (attention's transposes are folded into the
+    matmul, compiler.attention)."""
+    from compiler import gemm
+    from compiler.optimize import _TaskSampler
+
+    task, mst = _task(_scores, "attention_matmul")
+    cands = gemm.candidates(task.dispatched[0], _TaskSampler(task, mst, 1).postprocs, 8, 16)
+    assert cands
+    for sch in cands:
+        assert 'T.sblock("k_global")' in sch.mod.script()
+    from compiler.optimize import _same_results
+
+    ref_cache: dict = {}
+    for sch in cands:
+        assert _same_results(task.dispatched[0], sch, mst, ref_cache, str(tmp_path), 30.0)
+
+
 def test_dense_with_a_gelu_epilogue(tmp_path):
     from compiler import gemm
     from compiler.optimize import _TaskSampler
