@@ -1180,8 +1180,9 @@ def _apply_dlight(mod, target):
 # the layers an older one stored (2: the depthwise template; 3: serial variants of small
 # winners, _try_serial; 4: the GEMM template; 5: the GEMM template's convolutions with their
 # window loops and padding apart, and row tiles one row short of dividing M; 6: a strided B
-# operand copied once into column-contiguous order). Old databases stay on disk.
-SEARCH_GENERATION = 6
+# operand copied once into column-contiguous order; 7: one-row GEMVs with wide tiles). Old
+# databases stay on disk.
+SEARCH_GENERATION = 7
 
 
 def _target_key(target) -> str:

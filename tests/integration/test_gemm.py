@@ -129,6 +129,19 @@ def test_attention_scores_read_k_through_a_packed_copy(tmp_path):
         assert _same_results(task.dispatched[0], sch, mst, ref_cache, str(tmp_path), 30.0)
 
 
+def test_one_row_is_a_gemv_with_wide_tiles(tmp_path):
+    """A classifier's dense layer (one row): tiles of one row and as many column vectors as fit,
+    streaming B; every candidate computes the layer."""
+    from compiler import gemm
+    from compiler.optimize import _TaskSampler
+
+    assert gemm.tile_shapes(8, 16, 1, 1, 1000) == [(1, 5)]  # MobileNetV2's classifier
+    task, mst = _task(lambda bb, rng: _dense_gelu(bb, rng, rows=1, ffn=48), "matmul")
+    cands = gemm.candidates(task.dispatched[0], _TaskSampler(task, mst, 1).postprocs, 8, 16)
+    assert len(cands) == 1  # 48 columns: 6 vectors
+    _check(task, mst, cands, tmp_path)
+
+
 def test_dense_with_a_gelu_epilogue(tmp_path):
     from compiler import gemm
     from compiler.optimize import _TaskSampler
