@@ -101,6 +101,7 @@ def _empty_pad(sch: Any, pad: Any) -> bool:
 
 
 def _permutation(order: list[int]) -> Any:
+    """An index map that reorders a buffer's axes to ``order``."""
     return lambda *axes: [axes[i] for i in order]
 
 
@@ -137,6 +138,7 @@ def _schedule(tmod: Any, mr: int, nv: int, lanes: int) -> Any | None:
     blk = _gemm_block(sch)
     if blk is None:
         return None
+    ns = [int(v.iter_type) for v in sch.get(blk).iter_vars].index(_REDUCE)  # spatial iterators
     for p in sch.get_producers(blk):
         if "pad" in sch.get(p).name_hint:
             if _empty_pad(sch, p):
@@ -149,8 +151,7 @@ def _schedule(tmod: Any, mr: int, nv: int, lanes: int) -> Any | None:
                     sch.vectorize(sch.split(inner, [None, lanes])[1])
     func = tmod["main"]
     weights = {str(func.params[int(i)].name) for i in func.attrs.get("layout_free_buffers", [])}
-    _pack_strided_b(sch, blk, [int(v.iter_type) for v in sch.get(blk).iter_vars].index(_REDUCE) - 1,
-                    weights)
+    _pack_strided_b(sch, blk, ns - 1, weights)
     # the fused elementwise epilogue (a chain, or a DAG such as GELU's) becomes one block,
     # computed per tile: everything after the GEMM but the function's output is inlined
     after = sch.get_child_blocks(sch.get_sblock("root"))
@@ -159,7 +160,6 @@ def _schedule(tmod: Any, mr: int, nv: int, lanes: int) -> Any | None:
         sch.compute_inline(b)
     last = after[-1] if after else None
     loops = sch.get_loops(blk)
-    ns = [int(v.iter_type) for v in sch.get(blk).iter_vars].index(_REDUCE)
     rows, col, red = loops[: ns - 1], loops[ns - 1], loops[ns:]
     m = sch.fuse(*rows) if len(rows) > 1 else rows[0]
     ragged = int(sch.get(m).extent) % mr != 0  # the last row tile is cut (guarded rows)

@@ -115,15 +115,13 @@ def test_attention_scores_read_k_through_a_packed_copy(tmp_path):
     the template's B vector loads are contiguous (attention's transposes are folded into the
     matmul, compiler.attention)."""
     from compiler import gemm
-    from compiler.optimize import _TaskSampler
+    from compiler.optimize import _same_results, _TaskSampler
 
     task, mst = _task(_scores, "attention_matmul")
     cands = gemm.candidates(task.dispatched[0], _TaskSampler(task, mst, 1).postprocs, 8, 16)
     assert cands
     for sch in cands:
         assert 'T.sblock("k_global")' in sch.mod.script()
-    from compiler.optimize import _same_results
-
     ref_cache: dict = {}
     for sch in cands:
         assert _same_results(task.dispatched[0], sch, mst, ref_cache, str(tmp_path), 30.0)
