@@ -1016,6 +1016,13 @@ def _sample_database(mod, target, opts, measure: bool, persist=None, entries=Non
 
             templates.setdefault(i, []).extend(gemm.candidates(
                 task.dispatched[0], samplers[i].postprocs, lanes, _vector_registers(target)))
+        if opts.get("winograd", True):
+            from . import winograd
+
+            # offered untimed too (cross-compiled targets): MetaSchedule's samples of the
+            # transforms leave their select chains unfolded (56 ms against 0.14 ms)
+            templates.setdefault(i, []).extend(winograd.candidates(
+                task.dispatched[0], samplers[i].postprocs, lanes))
         # At least 3 timed samples even for small tasks: FLOP share misjudges memory-bound ones
         # (a LayerNorm with 1 untimed sample took 79% of the transformer's run time).
         n = 1 if spent else max(min(3, k1), min(k1, math.ceil(k1 * flops[i] / total * len(tasks))))
@@ -1180,9 +1187,9 @@ def _apply_dlight(mod, target):
 # the layers an older one stored (2: the depthwise template; 3: serial variants of small
 # winners, _try_serial; 4: the GEMM template; 5: the GEMM template's convolutions with their
 # window loops and padding apart, and row tiles one row short of dividing M; 6: a strided B
-# operand copied once into column-contiguous order; 7: one-row GEMVs with wide tiles). Old
-# databases stay on disk.
-SEARCH_GENERATION = 7
+# operand copied once into column-contiguous order; 7: one-row GEMVs with wide tiles; 8: the
+# Winograd transforms with literal coefficients and their template). Old databases stay on disk.
+SEARCH_GENERATION = 8
 
 
 def _target_key(target) -> str:

@@ -134,3 +134,69 @@ def test_timed_winners_are_checked_against_the_unscheduled_function(tmp_path):
     cache: dict = {}
     assert _same_results(add, Schedule(add), target, cache, str(tmp_path), 30.0)
     assert not _same_results(add, Schedule(sub), target, cache, str(tmp_path), 30.0)
+
+
+def _winograd_tasks(c_in: int, c_out: int, hw: int, tile: int):
+    """The data pack and inverse tasks of one 3x3 convolution + bias + ReLU, through the
+    compiler's preprocessing (NHWC, Winograd F(tile x tile), fusion)."""
+    import onnx
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+    from tvm.s_tir import meta_schedule as ms
+
+    from compiler.optimize import DEFAULT_OPTIONS, _ms_target, _preprocess, stub_tensor_intrin
+
+    stub_tensor_intrin(("x86",))
+    mod = from_onnx(onnx.load_from_string(_conv_model(c_in, c_out, hw)[0]),
+                    keep_params_in_input=False)
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu",
+                                "mcpu": "x86-64-v3"})
+    mst = _ms_target(target)
+    opts = {**DEFAULT_OPTIONS, "layout": "NHWC", "winograd": tile, "expand_dw": False}
+    tasks = ms.relax_integration.extract_tasks(_preprocess(mod, target, opts), mst)
+    named = {t.task_name: t for t in tasks}
+    pack = [t for n, t in named.items() if n.startswith("winograd_data_pack")]
+    inverse = [t for n, t in named.items() if "winograd_inverse" in n]
+    assert len(pack) == 1 and len(inverse) == 1, list(named)
+    return pack[0], inverse[0], mst
+
+
+@pytest.mark.parametrize(("c_in", "c_out", "hw", "tile"),
+                         [(16, 24, 12, 4), (32, 16, 9, 2), (24, 40, 14, 4)])
+def test_transform_templates_compute_the_transforms(tmp_path, c_in, c_out, hw, tile):
+    """The data pack (padding inlined or apart) and the inverse with its bias + ReLU epilogue:
+    every template candidate computes what the unscheduled function does, including maps that
+    are not a multiple of the tile (9x9 in 2x2 tiles, 14x14 in 4x4: guarded last tiles) and
+    channel counts that are not a multiple of two vectors (24, 40); once lowered, the unrolled
+    loops leave no select of the transform's literal coefficients."""
+    import tvm
+    from tvm import s_tir, tirx
+
+    from compiler import winograd
+    from compiler.optimize import _same_results, _time_candidates
+
+    pack, inverse, mst = _winograd_tasks(c_in, c_out, hw, tile)
+    ref_cache: dict = {}
+    for task, n in ((pack, 2), (inverse, 1)):
+        cands = winograd.candidates(task.dispatched[0], [], 8)
+        assert len(cands) == n, task.task_name
+        for sch in cands:
+            assert _same_results(task.dispatched[0], sch, mst, ref_cache, str(tmp_path), 60.0)
+            lowered = tvm.transform.Sequential([
+                s_tir.transform.LowerInitBlock(), s_tir.transform.ConvertBlocksToOpaque(),
+                s_tir.transform.LowerOpaqueBlock(), tirx.transform.UnrollLoop(),
+                tirx.transform.StmtSimplify()])(sch.mod)
+            assert "T.Select" not in lowered.script(), task.task_name
+            assert "T.parallel" in sch.mod.script()
+        assert all(np.isfinite(_time_candidates(cands, mst, task.task_name)))
+
+
+def test_transform_templates_only_for_winograd_functions():
+    import tvm
+    from tvm import te
+
+    from compiler import winograd
+
+    a = te.placeholder((4, 8), name="a")
+    mod = tvm.IRModule({"main": te.create_prim_func([a, te.compute((4, 8), lambda i, j: a[i, j] * 2)])})
+    assert winograd.candidates(mod, [], 8) == []
