@@ -128,10 +128,6 @@ def _pack_strided_b(sch: Any, blk: Any, col: int, weights: set[str]) -> None:
         # column pass hit the cache lines the previous one brought in
         loops = sch.get_loops(cache)
         sch.reorder(*[loops[i] for i in order])
-        # in parallel: serial, it left the other cores idle (the transformer's scores at 2
-        # threads, alone: 135 -> 100 us; at 1 thread the search's serial variant wins)
-        loops = sch.get_loops(cache)
-        sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
         return
 
 

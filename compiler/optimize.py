@@ -657,61 +657,19 @@ def _time_candidates(cands, target, name, build_timeout_s: float = 30.0,
                     if ok:
                         libs[k] = tvm.runtime.load_module(one)
     costs = []
-    threads = _pool_threads()
     for k in range(len(cands)):
         if k not in libs:
             costs.append(float("inf"))
             continue
         try:
-            if threads > 1:
-                warm = _time_between_kernels(libs[k][f"cand{k}"], argsets[k])
-            else:
-                f = libs[k].time_evaluator(f"cand{k}", dev, number=1, repeat=3, min_repeat_ms=10)
-                warm = float(f(*argsets[k]).median)
+            f = libs[k].time_evaluator(f"cand{k}", dev, number=1, repeat=3, min_repeat_ms=10)
+            warm = float(f(*argsets[k]).median)
             cold = _time_cold(libs[k][f"cand{k}"], argsets[k]) if cold_weight > 0 else 0.0
             costs.append((1.0 - cold_weight) * warm + cold_weight * cold)
         except Exception as e:
             logger.debug("task %s candidate %d failed to run: %s", name, k, e)
             costs.append(float("inf"))
     return costs
-
-
-def _pool_threads() -> int:
-    import tvm
-
-    return int(tvm.get_global_func("runtime.NumThreads")())
-
-
-# Busy time on the calling thread before each call of :func:`_time_between_kernels`.
-KERNEL_GAP_S = 50e-6
-
-
-def _time_between_kernels(func, args, runs: int = 15, min_s: float = 0.01) -> float:
-    """Median seconds of ``func(*args)``, each call after ``KERNEL_GAP_S`` of busy work on the
-    calling thread, as a kernel runs in a model (after other kernels), with several threads.
-
-    Timed back to back, a parallel kernel finds the pool's workers awake from its previous
-    call; in a model whose workers sleep between kernels (``TVM_THREAD_POOL_SPIN_COUNT=0``)
-    every parallel loop pays their wake-up, ~28 us on 2 cores, and a kernel with two parallel
-    loops (a copy, then the GEMM) twice. Measured on the transformer's attention scores at 2
-    threads: 98 us back to back and 0.21 ms in the model with its copy parallel, against 135
-    us and 0.14 ms with it serial. With spinning workers the gap changes nothing: the ranking
-    follows the process's pool settings, which are the artifact's (both read the same
-    environment). Buffers stay warm, as with ``time_evaluator``."""
-    import statistics
-
-    func(*args)
-    times: list[float] = []
-    while len(times) < runs or sum(times) < min_s:
-        until = time.perf_counter() + KERNEL_GAP_S
-        while time.perf_counter() < until:
-            pass
-        t = time.perf_counter()
-        func(*args)
-        times.append(time.perf_counter() - t)
-        if len(times) >= 1000:
-            break
-    return statistics.median(times)
 
 
 def _time_cold(func, args, runs: int = 5) -> float:
@@ -836,9 +794,9 @@ SERIAL_MAX_S = 1e-3
 def _try_serial(tasks, best, ranked, target, timeout_s: float) -> int:
     """Time every fast winner against itself with its parallel loops serial
     (:func:`compiler.pool.serial_variant`); the serial one is kept when it is faster than the
-    parallel one, whose time includes the pool's wake-up (with several threads, candidates are
-    timed between kernels, :func:`_time_between_kernels`; with one, its measured cost is added,
-    :func:`compiler.pool.wake_cost_s`). Winners untimed because their
+    parallel one plus the pool's wake-up cost in this process (:func:`compiler.pool.wake_cost_s`:
+    ~28 us on 2 cores with workers that sleep between kernels, ~2 us with spinning ones; timed
+    alone, back to back, a parallel kernel hides most of it). Winners untimed because their
     design space has one schedule are tried too. Returns the number of serial winners."""
     from . import pool
 
@@ -855,8 +813,7 @@ def _try_serial(tasks, best, ranked, target, timeout_s: float) -> int:
             pairs.append((i, sch, serial))
     if not pairs:
         return 0
-    # timed between kernels (several threads), the parallel one's cost includes the wake-up
-    wake_s = 0.0 if _pool_threads() > 1 else pool.wake_cost_s()
+    wake_s = pool.wake_cost_s()
     costs = _time_candidates([c for _, a, b in pairs for c in (a, b)], target, "serial",
                              timeout_s)
     n = 0
@@ -1237,8 +1194,8 @@ def _apply_dlight(mod, target):
 # winners, _try_serial; 4: the GEMM template; 5: the GEMM template's convolutions with their
 # window loops and padding apart, and row tiles one row short of dividing M; 6: a strided B
 # operand copied once into column-contiguous order; 7: one-row GEMVs with wide tiles; 8: the
-# Winograd transforms with literal coefficients and their template; 9: the row-wise template,
-# the strided-B copy in parallel). Old databases stay on disk.
+# Winograd transforms with literal coefficients and their template; 9: the row-wise template).
+# Old databases stay on disk.
 SEARCH_GENERATION = 9
 
 

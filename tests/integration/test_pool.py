@@ -101,22 +101,3 @@ def test_try_serial_keeps_the_serial_winner_when_waking_costs_more(monkeypatch):
     best = {0: (sch, 2 * optimize.SERIAL_MAX_S)}
     assert _try_serial([task], best, {}, target, 30.0) == 0 and best[0][0] is sch
 
-
-def test_time_between_kernels_calls_after_a_busy_gap():
-    """Each timed call follows KERNEL_GAP_S of busy work (a kernel in a model runs after
-    others, when the pool's workers may have gone to sleep): the calls are at least that far
-    apart, there are at least ``runs`` of them and the median is of the calls alone."""
-    import time
-
-    from compiler import optimize
-
-    starts: list[float] = []
-
-    def kernel(*args):
-        starts.append(time.perf_counter())
-
-    t = optimize._time_between_kernels(kernel, [], runs=7, min_s=0.0)
-    assert len(starts) >= 8  # a first, untimed call, then the timed ones
-    gaps = np.diff(starts[1:])
-    assert gaps.min() >= optimize.KERNEL_GAP_S
-    assert 0.0 < t < optimize.KERNEL_GAP_S
