@@ -122,3 +122,17 @@ def test_build_records_the_in_model_selection():
     a = np.random.default_rng(5).standard_normal((1, 8, 16, 16)).astype("float32")
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(a)).numpy()
     np.testing.assert_allclose(got, reference(a), rtol=1e-4, atol=1e-4)
+
+
+def test_in_model_selection_is_on_by_default_with_several_threads():
+    """``refine_s`` "auto" (the default): REFINE_AUTO_S seconds with several threads, where the
+    search's isolated timings misjudge kernels in the model, none with one thread."""
+    from compiler import optimize
+
+    assert optimize.DEFAULT_OPTIONS["refine_s"] == "auto"
+    assert optimize.auto_refine_s(1) == 0.0
+    assert optimize.auto_refine_s(2) == optimize.REFINE_AUTO_S > 0
+    import tvm
+
+    threads = int(tvm.get_global_func("runtime.NumThreads")())
+    assert optimize.auto_refine_s() == optimize.auto_refine_s(threads)
