@@ -1007,7 +1007,8 @@ def _sample_database(mod, target, opts, measure: bool, persist=None, entries=Non
                         str(e).splitlines()[0] if str(e) else type(e).__name__)
             n_fail += 1
             continue
-        # spent budget: the seeded sample, untimed (reproducible without a budget), no templates
+        # spent budget: the seeded sample, untimed (reproducible without a budget), and no
+        # templates but the Winograd transforms' (below)
         spent = time.perf_counter() - t_start > budget_s
         if measure and not spent and opts.get("depthwise", True):
             from . import depthwise

@@ -271,7 +271,7 @@ def _unroll_all_vectorize_last(sch: Any, loops: list[Any]) -> None:
     sch.vectorize(loops[-1])
 
 
-def _pack_schedule(tmod: Any, lanes: int, inline_pad: bool) -> Any | None:
+def _pack_schedule(tmod: Any, lanes: int, inline_pad: bool) -> Any:
     """Data pack: parallel over (tile, channel vector); per tile, the α×α×vector input tile is
     transformed by rows then columns with the loops unrolled, so B's literals fold into adds."""
     from tvm.s_tir import Schedule

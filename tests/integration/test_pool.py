@@ -100,4 +100,3 @@ def test_try_serial_keeps_the_serial_winner_when_waking_costs_more(monkeypatch):
     monkeypatch.setattr(pool, "wake_cost_s", lambda: 0.0)
     best = {0: (sch, 2 * optimize.SERIAL_MAX_S)}
     assert _try_serial([task], best, {}, target, 30.0) == 0 and best[0][0] is sch
-
