@@ -112,6 +112,32 @@ def test_scheduled_build_matches_onnxruntime(c_in, c_out, hw, tile, caplog):
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
 
 
+@pytest.mark.parametrize("schedule", ["none", "dlight"])
+def test_unsearched_builds_keep_direct_convolutions(schedule, caplog):
+    """Without the search the transforms would run with their select chains unfolded (two orders
+    of magnitude slower): the "none" and "dlight" paths build the direct convolution, and say so
+    in the report's options."""
+    import onnx
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from compiler.optimize import build_cpu
+
+    data, feed = _conv_model(16, 16, 12)
+    mod = from_onnx(onnx.load_from_string(data), keep_params_in_input=False)
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu",
+                                "mcpu": "x86-64-v2"})
+    report: dict = {}
+    with caplog.at_level(logging.INFO, logger="compiler.winograd"):
+        ex = build_cpu(mod, target, options={"schedule": schedule}, report=report)
+    assert "winograd:" not in caplog.text
+    assert report["options"]["winograd"] is False and report["options"]["layout"] == "NHWC"
+    ours = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(feed["x"])).numpy()
+    ref = ort.InferenceSession(data).run(None, feed)[0]
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
+
+
 def test_timed_winners_are_checked_against_the_unscheduled_function(tmp_path):
     """The search refuses a schedule whose results differ from the unscheduled function's (TVM
     0.27 produced one for a fused Winograd inverse): here a schedule of a different computation
