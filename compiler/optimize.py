@@ -75,6 +75,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "expand_dw": True,        # 1x1 conv -> 3x3 depthwise pairs as one kernel (compiler.expand_dw);
                               # an int: only where the expanded tensor has at least that many bytes
     "attention": True,        # 4-D matmuls read/write through their transposes (compiler.attention)
+    "combine_projections": True,  # with it, the Q/K/V projections of one input as one matmul
     "rowwise": True,          # softmax-like functions also get compiler.rowwise's schedules
     "serial": True,           # winners under SERIAL_MAX_S are also timed with their parallel loops
                               # serial, and run that way when it is faster (_try_serial)
@@ -302,6 +303,8 @@ def _preprocess(mod, target, opts):
     if opts.get("attention", True):
         from . import attention
 
+        if opts.get("combine_projections", True):
+            mod, _ = attention.combine_projections(mod)
         mod, _ = attention.rewrite(mod)
     if layout == "NHWC":
         if opts.get("expand_dw", True):

@@ -85,6 +85,71 @@ def test_encoder_attention_has_no_transpose_left():
     _check(transformer(layers=2, d=32, seq=8, heads=2, ffn=64), expect_rewrites=4)
 
 
+def _matmul_count(mod) -> int:
+    return _ops(mod).count("relax.matmul")
+
+
+def test_projections_combine_and_attention_reads_their_slices():
+    """Q, K and V of each layer become one matmul (weights side by side, biases too), and the
+    attention matmuls read their heads straight from its columns: no slice or transpose kernel
+    is left, and the results match onnxruntime."""
+    from compiler import attention
+
+    model = transformer(layers=2, d=32, seq=8, heads=2, ffn=64)
+    mod = _relax(model)
+    before = _matmul_count(mod)
+    combined, n = attention.combine_projections(mod)
+    assert n == 6  # 3 projections x 2 layers
+    assert _matmul_count(combined) == before - 4
+    out, k = attention.rewrite(combined)
+    assert k == 4
+    ops = _ops(out)
+    assert "relax.strided_slice" not in ops and "relax.permute_dims" not in ops, ops
+    feed = {"input": np.random.default_rng(4).standard_normal((1, 8, 32)).astype(np.float32)}
+    ref = ort.InferenceSession(model.SerializeToString()).run(None, feed)[0]
+    np.testing.assert_allclose(_run_legalized(out, feed), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_bias_free_projections_combine_too():
+    """torch-style projections without a bias (MatMul only) combine the same way."""
+    from compiler import attention
+
+    model = _pytorch_style_attention()
+    combined, n = attention.combine_projections(_relax(model))
+    assert n == 3
+    out, k = attention.rewrite(combined)
+    assert k == 2 and "relax.strided_slice" not in _ops(out)
+    feed = {"x": np.random.default_rng(5).standard_normal((1, 6, 16)).astype(np.float32)}
+    ref = ort.InferenceSession(model.SerializeToString()).run(None, feed)[0]
+    np.testing.assert_allclose(_run_legalized(out, feed), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_projections_read_elsewhere_are_not_combined():
+    """Two matmuls of one input whose results are not only split into heads (one is also a
+    model output) stay apart: combined, the slice would be a copy kernel of its own."""
+    from tvm import relax
+
+    from compiler import attention
+
+    rng = np.random.default_rng(6)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 4, 8), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            heads = []
+            for _ in range(2):
+                w = relax.const(rng.standard_normal((8, 8)).astype(np.float32))
+                y = bb.emit(relax.op.matmul(x, w))
+                heads.append(bb.emit(relax.op.reshape(y, [1, 4, 2, 4])))
+            s = bb.emit(relax.op.matmul(bb.emit(relax.op.permute_dims(heads[0], [0, 2, 1, 3])),
+                                        bb.emit(relax.op.permute_dims(heads[1], [0, 2, 3, 1]))))
+            out = bb.emit_output(relax.Tuple([s, y]))  # y: the second projection, read again
+        bb.emit_func_output(out)
+    mod = bb.get()
+    same, n = attention.combine_projections(mod)
+    assert n == 0 and same is mod
+
+
 def test_chained_transposes_compose():
     _check(_pytorch_style_attention(), expect_rewrites=2)
 
@@ -126,7 +191,7 @@ def test_scheduled_build_of_the_encoder_matches_onnxruntime():
         options={"budget_s": 10}, report=report)
     names = [r["task"] for r in report["schedules"]]
     assert sum("attention_matmul" in n for n in names) == 2, names
-    assert not any("transpose" in n for n in names), names
+    assert not any("transpose" in n or "strided_slice" in n for n in names), names
     vm = relax.VirtualMachine(ex, tvm.cpu())
     got = vm["main"](tvm.runtime.tensor(feed["input"])).numpy()
     ref = ort.InferenceSession(model.SerializeToString()).run(None, feed)[0]
