@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
-    from bench.models import FLOPS, build_model, input_feed
+    from bench.models import build_model, count_flops, input_feed
     from compiler.converters import install as install_converters
 
     build_cpu = _load_build_cpu()
@@ -150,15 +150,18 @@ def main(argv=None) -> int:
                 if i >= args.warmup:
                     r["t"].append(dt)
         ort_med = statistics.median(ort_t)
-        gflops = FLOPS.get(name, 0) / ort_med / 1e9
-        print(f"{name}: onnxruntime {ort_med * 1e3:.2f} ms ({gflops:.1f} GFLOP/s)")
+        flops = count_flops(model)  # 2 x multiply-accumulates: the roofline's work
+        print(f"{name}: {flops / 1e9:.3f} GFLOP, onnxruntime {ort_med * 1e3:.2f} ms "
+              f"({flops / ort_med / 1e9:.1f} GFLOP/s)")
         for r in runners:
             med = statistics.median(r["t"])
             ratio = med / ort_med
             ratios[r["recipe"]].append(ratio)
             print(f"  {r['recipe']:>12}: compile {r['compile_s']:6.1f} s  median {med * 1e3:8.2f} ms  "
-                  f"ratio {ratio:6.2f}x  max_abs {r['max_abs']:.2e}  max_rel {r['max_rel']:.2e}")
+                  f"({flops / med / 1e9:.1f} GFLOP/s)  ratio {ratio:6.2f}x  "
+                  f"max_abs {r['max_abs']:.2e}  max_rel {r['max_rel']:.2e}")
             results.append({"model": name, "recipe": r["recipe"], "threads": args.threads,
+                            "gflop": flops / 1e9,
                             "compile_s": r["compile_s"], "median_ms": med * 1e3,
                             "ort_median_ms": ort_med * 1e3, "ratio": ratio,
                             "max_abs": r["max_abs"], "max_rel": r["max_rel"]})

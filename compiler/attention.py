@@ -14,6 +14,14 @@ writes its result in the permuted order: ``scores[n, h, i, j] = sum_r Q4[n, i, h
 K4[n, j, h, r]`` with ``Q4``/``K4`` the reshaped (not transposed) projections. What is left of
 the head split and merge are reshapes, which TVM compiles to views. MetaSchedule schedules the
 new function as any other matmul (it is one, with permuted indices).
+
+Before that, :func:`combine_projections` makes the Q, K and V projections of one input one
+matmul with the three weights side by side, and each projection a column slice of its result;
+the fold reads a head split of such a slice straight from the combined tensor
+(``Q4[n, i, h, r] = QKV[n, i, h * hd + r]``, K and V at their column offsets), so the slices
+never become copies. One 128x256x768 GEMM instead of three 128x256x256 ones: the thread pool is
+woken once instead of three times, and the wider GEMM parallelises better (alone at 2 threads on
+znver3, a 256-wide projection ran 1.43x faster than on one thread, the 1024-wide FFN 1.9x).
 """
 
 from __future__ import annotations
