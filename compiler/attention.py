@@ -31,7 +31,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["rewrite"]
+__all__ = ["combine_projections", "rewrite"]
 
 _PERMUTE = "relax.permute_dims"
 _MATMUL = "relax.matmul"
