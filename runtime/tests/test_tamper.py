@@ -182,3 +182,44 @@ def test_tampered_copy_does_not_affect_the_original(artifacts, tmp_path) -> None
     shutil.copy(artifacts.host, copy)
     _flip(copy, tmp_path / "flipped.efa", "model.so")
     InferenceSession(copy, [artifacts.public_key])
+
+
+def test_code_for_a_cpu_this_machine_lacks_is_refused(artifacts, tmp_path) -> None:
+    """An x86_64-avx512 artifact on a CPU without AVX-512 would die of SIGILL mid-inference:
+    refused up front, naming the missing extensions. Checked against given CPU flags (this
+    machine's own may or may not have them) and against a /proc/cpuinfo-style file."""
+    import dataclasses
+
+    from edgeforge_runtime.compat import host_cpu_features, required_cpu_features
+
+    manifest = read_manifest(artifacts.host)[0]
+    if manifest.profile.arch != "x86_64":
+        pytest.skip("the host artifact is not x86_64")
+    target = {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}
+    assert required_cpu_features({**target, "mcpu": "x86-64-v2"}) == ["sse4_2", "ssse3", "popcnt"]
+    avx2 = required_cpu_features({**target, "mcpu": "haswell"})
+    assert {"avx2", "fma"} <= set(avx2)
+    assert required_cpu_features({**target, "mcpu": "x86-64-v2", "mattr": ["+avx2"]})[-1] == "avx2"
+    assert required_cpu_features({"kind": "cuda", "host": {**target, "mcpu": "haswell"}}) == avx2
+    assert required_cpu_features({"kind": "llvm", "mtriple": "aarch64-linux-gnu",
+                                  "mcpu": "cortex-a72"}) == []  # not known: not checked
+
+    def built_for(mcpu: str):
+        profile = dataclasses.replace(manifest.profile, name=f"x86_64-{mcpu}",
+                                      target={**target, "mcpu": mcpu})
+        return dataclasses.replace(manifest, profile=profile)
+
+    zen3 = set(avx2) | {"sse2", "sha_ni"}
+    check_compatible(built_for("haswell"), cpu_features=zen3)
+    with pytest.raises(ProfileMismatchError, match="avx512f, avx512cd, avx512bw") as err:
+        check_compatible(built_for("skylake-avx512"), cpu_features=zen3)
+    assert "illegal instruction" in str(err.value) and "x86_64-skylake-avx512" in str(err.value)
+    with pytest.raises(ProfileMismatchError, match="lacks: avx, avx2, fma"):
+        check_compatible(built_for("haswell"), cpu_features={"sse4_2", "ssse3", "popcnt"})
+    check_compatible(manifest)  # the host artifact, against this machine's own flags
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse4_2 avx2\nbugs\t\t: none\n\n"
+                       "processor\t: 1\nflags\t\t: fpu sse4_2 avx2\n")
+    assert host_cpu_features(str(cpuinfo)) == {"fpu", "sse4_2", "avx2"}
+    assert host_cpu_features(str(tmp_path / "absent")) is None
