@@ -236,7 +236,6 @@ def count_flops(model: onnx.ModelProto) -> int:
     return total
 
 
-
 def build_model(name: str) -> onnx.ModelProto:
     """Build one benchmark model by name (see ``MODELS``)."""
     try:

@@ -274,21 +274,22 @@ def combine_projections(mod: Any) -> tuple[Any, int]:
                 continue
             out, bias = var, None
             uses = users.get(var, [])
-            if len(uses) == 1 and uses[0] is not None and name(uses[0]) == _ADD:
+            if len(uses) == 1 and name(uses[0]) == _ADD:
                 other = [a for a in bindings[uses[0]].args if not a.same_as(var)]
                 if len(other) == 1 and isinstance(other[0], Constant) \
                         and tuple(other[0].value.shape) in ((w.value.shape[1],),
                                                             (1, 1, w.value.shape[1])):
-                    out, bias = uses[0], other[0].value.numpy().reshape(-1)
+                    out, bias = uses[0], other[0].value
             if heads_only(out):
-                groups.setdefault(x, []).append((out, w.value.numpy(), bias))
+                groups.setdefault(x, []).append((out, w.value, bias))
         for x, members in groups.items():
             if len(members) < 2:
                 continue
-            weight = np.concatenate([m[1] for m in members], axis=1)
+            # the weights are copied out of the module only for the projections combined
+            weight = np.concatenate([m[1].numpy() for m in members], axis=1)
             bias = None
             if any(m[2] is not None for m in members):
-                bias = np.concatenate([m[2] if m[2] is not None else
+                bias = np.concatenate([m[2].numpy().reshape(-1) if m[2] is not None else
                                        np.zeros(m[1].shape[1], np.float32) for m in members])
             shared = {"x": x, "weight": weight, "bias": bias, "var": None}
             offset = 0
